@@ -1,0 +1,197 @@
+// attnkit CPU backend: micro-kernels, written once with GCC/Clang vector
+// extensions and compiled once per ISA (kernels_<isa>.cpp sets the flags and
+// AK_ISA). With -mavx512f a `vf` is one zmm register; with -mavx2 two ymm; with
+// no flags the compiler uses whatever the target's baseline offers.
+//
+// Included only by kernels_<isa>.cpp, each inside its own namespace, after
+// <cmath>, <cstdint>, <cstring> and kernels.hpp.
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+// Unaligned, alias-safe view for loads/stores of panel rows.
+typedef float vfu __attribute__((vector_size(64), aligned(4), may_alias));
+
+namespace {
+
+using attnkit::cpu::kQ;
+constexpr int kQV = kQ / 16;  // vectors per query tile row
+
+inline vf splat(float x) { return vf{} + x; }
+inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void storeu(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// 2^x for x <= 128; x <= -127 (and -inf) gives exactly 0, NaN stays NaN.
+// Round-to-nearest split x = n + f, |f| <= 1/2, then a degree-6 polynomial for
+// 2^f (Cephes exp2f coefficients, relative error ~2e-7) scaled by 2^n through
+// the exponent bits.
+inline vf exp2v(vf x) {
+  x = x < splat(-127.f) ? splat(-127.f) : x;
+  x = x > splat(127.f) ? splat(127.f) : x;
+  const vf magic = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf t = x + magic;
+  vf n = t - magic;
+  vf f = x - n;
+  vi ni = reinterpret_cast<vi&>(t) - 0x4B400000;
+  vf p = splat(1.535336188319500e-4f);
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.f;
+  vi e = (ni + 127) << 23;
+  return p * reinterpret_cast<vf&>(e);
+}
+
+// The register-blocked core: MR rows of A (broadcast) times NV vectors of B.
+// MR*NV <= 24 accumulators stay in registers on AVX-512.
+template <int MR, int NV>
+inline void micro(int64_t K, const float* A, int64_t sm, int64_t sk, const float* B, int64_t ldb,
+                  float* C, int64_t ldc, bool accumulate) {
+  vf c[MR][NV];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[m][v] = accumulate ? loadu(C + m * ldc + 16 * v) : splat(0.f);
+  const float* a = A;
+  const float* b = B;
+  for (int64_t k = 0; k < K; ++k) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(b + 16 * v);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const float am = a[m * sm];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[m][v] += am * bv[v];
+    }
+    a += sk;
+    b += ldb;
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) storeu(C + m * ldc + 16 * v, c[m][v]);
+}
+
+template <int NV>
+inline void micro_rows(int64_t mr, int64_t K, const float* A, int64_t sm, int64_t sk,
+                       const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
+  switch (mr) {
+    case 6: micro<6, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    case 5: micro<5, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    case 4: micro<4, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    case 3: micro<3, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    case 2: micro<2, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    default: micro<1, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+  }
+}
+
+void gemm(int64_t M, int64_t NV, int64_t K, const float* A, int64_t sm, int64_t sk, const float* B,
+          int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(float) * 16 * NV);
+    return;
+  }
+  // Column blocks of 4 vectors: the B panel slice (K x 64 floats) stays in L1
+  // while every row block of A streams past it.
+  for (int64_t n0 = 0; n0 < NV; n0 += 4) {
+    const int64_t nv = NV - n0 < 4 ? NV - n0 : 4;
+    const float* Bn = B + 16 * n0;
+    float* Cn = C + 16 * n0;
+    for (int64_t m0 = 0; m0 < M; m0 += 6) {
+      const int64_t mr = M - m0 < 6 ? M - m0 : 6;
+      const float* Am = A + m0 * sm;
+      float* Cm = Cn + m0 * ldc;
+      switch (nv) {
+        case 4: micro_rows<4>(mr, K, Am, sm, sk, Bn, ldb, Cm, ldc, accumulate); break;
+        case 3: micro_rows<3>(mr, K, Am, sm, sk, Bn, ldb, Cm, ldc, accumulate); break;
+        case 2: micro_rows<2>(mr, K, Am, sm, sk, Bn, ldb, Cm, ldc, accumulate); break;
+        default: micro_rows<1>(mr, K, Am, sm, sk, Bn, ldb, Cm, ldc, accumulate); break;
+      }
+    }
+  }
+}
+
+bool softmax_step(float* S, int64_t nk, float* m, float* l, float* alpha) {
+  vf mx[kQV];
+  for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY);
+  for (int64_t j = 0; j < nk; ++j)
+    for (int v = 0; v < kQV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
+  vf use[kQV], sum[kQV];
+  bool rescale = false;
+  for (int v = 0; v < kQV; ++v) {
+    vf old = loadu(m + 16 * v);
+    vf mnew = vmax(old, mx[v]);
+    // A row that has seen only masked keys keeps max -inf; subtract 0 instead
+    // so that exp2(-inf - 0) = 0 rather than NaN.
+    use[v] = mnew == splat(-INFINITY) ? splat(0.f) : mnew;
+    vf a = exp2v(old - use[v]);
+    // Rows never touched before have old = -inf: alpha 0, and l, O are 0 anyway.
+    storeu(alpha + 16 * v, a);
+    storeu(m + 16 * v, mnew);
+    vi ne = a != splat(1.f);
+    for (int i = 0; i < 16; ++i) rescale |= ne[i] != 0;
+    sum[v] = splat(0.f);
+  }
+  for (int64_t j = 0; j < nk; ++j)
+    for (int v = 0; v < kQV; ++v) {
+      vf p = exp2v(loadu(S + j * kQ + 16 * v) - use[v]);
+      sum[v] += p;
+      storeu(S + j * kQ + 16 * v, p);
+    }
+  for (int v = 0; v < kQV; ++v)
+    storeu(l + 16 * v, loadu(l + 16 * v) * loadu(alpha + 16 * v) + sum[v]);
+  return rescale;
+}
+
+void softmax_grad(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
+                  float ds_scale, const float* cap_grad) {
+  vf L[kQV], D[kQV];
+  for (int v = 0; v < kQV; ++v) {
+    L[v] = loadu(lse2 + 16 * v);
+    D[v] = loadu(delta + 16 * v);
+  }
+  for (int64_t j = 0; j < nk; ++j)
+    for (int v = 0; v < kQV; ++v) {
+      const int64_t o = j * kQ + 16 * v;
+      vf p = exp2v(loadu(S + o) - L[v]);
+      vf ds = p * (loadu(dP + o) - D[v]) * ds_scale;
+      if (cap_grad) ds *= loadu(cap_grad + o);
+      storeu(S + o, p);
+      storeu(dP + o, ds);
+    }
+}
+
+void softcap(float* S, int64_t nk, float cap, float* grad) {
+  const float inv = 1.f / cap;
+  const float two_log2e = 2.f * 1.4426950408889634f;
+  const float out_scale = cap * 1.4426950408889634f;
+  for (int64_t j = 0; j < nk; ++j)
+    for (int v = 0; v < kQV; ++v) {
+      const int64_t o = j * kQ + 16 * v;
+      vf y = loadu(S + o) * inv;
+      // tanh(y) = 1 - 2 / (exp(2y) + 1); exp2v saturates at 2^127, which keeps
+      // the quotient finite for large |y|.
+      vf t = splat(1.f) - splat(2.f) / (exp2v(y * two_log2e) + 1.f);
+      storeu(S + o, t * out_scale);
+      if (grad) storeu(grad + o, splat(1.f) - t * t);
+    }
+}
+
+void scale_rows(float* X, int64_t rows, const float* alpha) {
+  vf a[kQV];
+  for (int v = 0; v < kQV; ++v) a[v] = loadu(alpha + 16 * v);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int v = 0; v < kQV; ++v) storeu(X + r * kQ + 16 * v, loadu(X + r * kQ + 16 * v) * a[v]);
+}
+
+}  // namespace
+
+const attnkit::cpu::KernelTable* AK_TABLE_FN() {
+  static const attnkit::cpu::KernelTable table{AK_ISA_NAME, gemm, softmax_step, softmax_grad,
+                                               softcap, scale_rows};
+  return &table;
+}

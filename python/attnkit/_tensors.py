@@ -1,0 +1,225 @@
+"""Framework adapter: hand any DLPack tensor to the core without a copy and
+allocate results in the caller's framework (NumPy in -> NumPy out, torch in ->
+torch out, ...)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Canonical dtype names used across the package.
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _np_bfloat16():
+    try:
+        import ml_dtypes  # type: ignore
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+
+class Framework:
+    """How to look at and allocate tensors of one framework."""
+
+    name = "numpy"
+
+    def dtype_name(self, x: Any) -> str:
+        raise NotImplementedError
+
+    def shape(self, x: Any) -> Tuple[int, ...]:
+        return tuple(int(s) for s in x.shape)
+
+    def to_core(self, x: Any) -> Any:
+        return x
+
+    def empty(self, like: Any, shape: Sequence[int], dtype: str) -> Any:
+        raise NotImplementedError
+
+    def from_core(self, x: Any, like: Any) -> Any:
+        return x
+
+    def device_str(self, x: Any) -> str:
+        return "cpu"
+
+    def stream(self, x: Any) -> int:
+        return 0
+
+
+class NumpyFramework(Framework):
+    name = "numpy"
+
+    def dtype_name(self, x):
+        dt = x.dtype
+        bf = _np_bfloat16()
+        if bf is not None and dt == bf:
+            return "bfloat16"
+        return str(dt)
+
+    def to_core(self, x):
+        bf = _np_bfloat16()
+        if bf is not None and x.dtype == bf:
+            # NumPy cannot export ml_dtypes' bfloat16 over DLPack; the core reads a
+            # uint16 view of the same memory as bfloat16.
+            return x.view(np.uint16)
+        return x
+
+    def empty(self, like, shape, dtype):
+        if dtype == "bfloat16":
+            bf = _np_bfloat16()
+            if bf is None:  # pragma: no cover
+                raise TypeError("bfloat16 NumPy arrays need the ml_dtypes package")
+            return np.empty(shape, dtype=bf)
+        return np.empty(shape, dtype=dtype)
+
+
+class TorchFramework(Framework):
+    name = "torch"
+
+    def dtype_name(self, x):
+        return str(x.dtype).replace("torch.", "")
+
+    def to_core(self, x):
+        # DLPack refuses tensors that require grad; the plain API is not
+        # differentiable (attnkit.torch is), so a detached view is exact.
+        return x.detach() if x.requires_grad else x
+
+    def empty(self, like, shape, dtype):
+        import torch
+
+        return torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=like.device)
+
+    def device_str(self, x):
+        return str(x.device)
+
+    def stream(self, x):
+        if x.device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.current_stream(x.device).cuda_stream)
+        return 0
+
+
+class JaxFramework(Framework):
+    """JAX arrays are immutable: inputs are read in place through DLPack, outputs
+    are written into NumPy buffers and handed to JAX through DLPack (no copy on
+    the CPU)."""
+
+    name = "jax"
+
+    def dtype_name(self, x):
+        return str(x.dtype)
+
+    def device_str(self, x):
+        try:
+            dev = list(x.devices())[0]
+            return "cpu" if dev.platform == "cpu" else f"{dev.platform}:{dev.id}"
+        except Exception:  # pragma: no cover
+            return "cpu"
+
+    def empty(self, like, shape, dtype):
+        if self.device_str(like) != "cpu":
+            from . import UnsupportedError
+
+            raise UnsupportedError(
+                "attnkit: JAX arrays on accelerators are not supported yet (outputs cannot be "
+                "allocated in place); pass torch or CuPy tensors, or JAX CPU arrays"
+            )
+        return NumpyFramework().empty(like, shape, dtype)
+
+    def to_core(self, x):
+        return x
+
+    def from_core(self, x, like):
+        import jax.numpy as jnp
+
+        return jnp.from_dlpack(x) if x.dtype != _np_bfloat16() else jnp.asarray(x)
+
+
+class CupyFramework(Framework):
+    name = "cupy"
+
+    def dtype_name(self, x):
+        return str(x.dtype)
+
+    def empty(self, like, shape, dtype):
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(tuple(shape), dtype=dtype)
+
+    def device_str(self, x):
+        return f"cuda:{x.device.id}"
+
+    def stream(self, x):
+        import cupy
+
+        return int(cupy.cuda.get_current_stream().ptr)
+
+
+_FRAMEWORKS = {
+    "numpy": NumpyFramework(),
+    "torch": TorchFramework(),
+    "jax": JaxFramework(),
+    "jaxlib": JaxFramework(),
+    "cupy": CupyFramework(),
+}
+
+
+def framework_of(x: Any, name: str = "input") -> Framework:
+    """The framework a tensor belongs to; raises TypeError for non-tensors."""
+    root = type(x).__module__.split(".")[0]
+    fw = _FRAMEWORKS.get(root)
+    if fw is not None:
+        return fw
+    if isinstance(x, np.ndarray):
+        return _FRAMEWORKS["numpy"]
+    if hasattr(x, "__dlpack__"):
+        # Unknown DLPack producer: read it in place, return NumPy results.
+        return _GenericDlpack()
+    raise TypeError(
+        f"{name} must be a tensor (NumPy, PyTorch, JAX, CuPy or any object with __dlpack__), "
+        f"got {type(x).__name__}"
+    )
+
+
+class _GenericDlpack(NumpyFramework):
+    name = "dlpack"
+
+    def dtype_name(self, x):
+        return str(getattr(x, "dtype", "unknown"))
+
+    def empty(self, like, shape, dtype):
+        return NumpyFramework().empty(like, shape, dtype)
+
+
+def check_float(fw: Framework, x: Any, name: str) -> str:
+    """dtype name of x; TypeError unless float32/float16/bfloat16."""
+    dt = fw.dtype_name(x)
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {dt}")
+    return dt
+
+
+def as_cu_seqlens(x: Optional[Any], fw: Framework, name: str) -> Optional[Any]:
+    """cu_seqlens may be given as a tensor of the inputs' framework or as a
+    Python sequence (converted to int32 NumPy for CPU inputs)."""
+    if x is None:
+        return None
+    if isinstance(x, (list, tuple)):
+        return np.asarray(x, dtype=np.int32)
+    xfw = framework_of(x, name)
+    if xfw.dtype_name(x) != "int32":
+        raise TypeError(f"{name} must be int32, got {xfw.dtype_name(x)}")
+    return xfw.to_core(x)
+
+
+def nan_float(x: Optional[float]) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch" and "torch" in sys.modules

@@ -1,0 +1,171 @@
+"""Brute-force float64 references: an explicit boolean mask and a dense softmax.
+
+Slow and obviously correct; the tests and ``attnkit check`` compare every
+kernel against these. All functions take any framework's CPU tensors and
+return float64 NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+def to_f64(x: Any) -> np.ndarray:
+    """Any CPU tensor (NumPy incl. ml_dtypes bfloat16, torch, JAX) as float64 NumPy."""
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x).astype(np.float64)
+
+
+def fmha_mask(
+    sq: int,
+    sk: int,
+    is_causal: bool = False,
+    window_size: Optional[Sequence[int]] = None,
+) -> np.ndarray:
+    """Bool [sq, sk]: query i sees key j (bottom-right aligned, DESIGN §2.1)."""
+    left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
+    if is_causal:
+        right = 0
+    i = np.arange(sq)[:, None] + (sk - sq)
+    j = np.arange(sk)[None, :]
+    m = np.ones((sq, sk), dtype=bool)
+    if left >= 0:
+        m &= j >= i - left
+    if right >= 0:
+        m &= j <= i + right
+    return m
+
+
+def masked_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, scale: float, softcap: float = 0.0
+) -> Tuple[np.ndarray, np.ndarray]:
+    """One sequence: q [Sq, Hq, D], k [Sk, Hkv, D], v [Sk, Hkv, Dv], mask
+    [Sq, Sk] or [Hq, Sq, Sk] -> (out [Sq, Hq, Dv], lse [Sq, Hq])."""
+    hq, hkv = q.shape[1], k.shape[1]
+    kh = np.repeat(k, hq // hkv, axis=1)  # the reference may repeat; kernels never do
+    vh = np.repeat(v, hq // hkv, axis=1)
+    s = np.einsum("ihd,jhd->hij", q, kh) * scale
+    if softcap:
+        s = softcap * np.tanh(s / softcap)
+    m = np.broadcast_to(mask, s.shape)
+    s = np.where(m, s, -np.inf)
+    mx = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.exp(s - mx)
+    l = p.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pn = np.where(l > 0, p / l, 0.0)
+        lse = np.where(l[..., 0] > 0, np.log(l[..., 0]) + mx[..., 0], -np.inf)
+    out = np.einsum("hij,jhd->ihd", pn, vh)
+    return out, lse.T
+
+
+def masked_attention_grad(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray,
+    dout: np.ndarray,
+    scale: float,
+    softcap: float = 0.0,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of masked_attention's out w.r.t. q, k, v (one sequence)."""
+    hq, hkv = q.shape[1], k.shape[1]
+    g = hq // hkv
+    kh = np.repeat(k, g, axis=1)
+    vh = np.repeat(v, g, axis=1)
+    raw = np.einsum("ihd,jhd->hij", q, kh) * scale
+    s = softcap * np.tanh(raw / softcap) if softcap else raw
+    m = np.broadcast_to(mask, s.shape)
+    s = np.where(m, s, -np.inf)
+    mx = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.exp(s - mx)
+    l = p.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(l > 0, p / l, 0.0)
+    do = np.transpose(dout, (1, 0, 2))  # [H, Sq, Dv]
+    dv_h = np.einsum("hij,hid->jhd", p, do)
+    dp = np.einsum("hid,jhd->hij", do, vh)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    if softcap:
+        ds = ds * (1.0 - np.tanh(raw / softcap) ** 2)
+    ds *= scale
+    dq = np.einsum("hij,jhd->ihd", ds, kh)
+    dk_h = np.einsum("hij,ihd->jhd", ds, q)
+    sk = k.shape[0]
+    dk = dk_h.reshape(sk, hkv, g, k.shape[-1]).sum(2)
+    dv = dv_h.reshape(sk, hkv, g, v.shape[-1]).sum(2)
+    return dq, dk, dv
+
+
+def _sequences(q, k, cu_seqlens_q, cu_seqlens_k):
+    """(q slice, k slice) per sequence for batched or varlen inputs."""
+    if cu_seqlens_q is None:
+        return [(b, slice(None), slice(None)) for b in range(q.shape[0])]
+    cq = np.asarray(to_f64(cu_seqlens_q)).astype(np.int64)
+    ck = np.asarray(to_f64(cu_seqlens_k)).astype(np.int64)
+    return [(None, slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])) for i in range(len(cq) - 1)]
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    is_causal: bool = False,
+    window_size: Optional[Sequence[int]] = None,
+    softcap: Optional[float] = None,
+    scale: Optional[float] = None,
+    cu_seqlens_q: Any = None,
+    cu_seqlens_k: Any = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, lse) of attnkit.attention with the same arguments."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    lse = np.full(q.shape[:-1], -np.inf)
+    for b, sq_sl, sk_sl in _sequences(q, k, cu_seqlens_q, cu_seqlens_k):
+        qb = q[b] if b is not None else q[sq_sl]
+        kb = k[b] if b is not None else k[sk_sl]
+        vb = v[b] if b is not None else v[sk_sl]
+        mask = fmha_mask(qb.shape[0], kb.shape[0], is_causal, window_size)
+        o, l = masked_attention(qb, kb, vb, mask, scale, softcap or 0.0)
+        if b is not None:
+            out[b], lse[b] = o, l
+        else:
+            out[sq_sl], lse[sq_sl] = o, l
+    return out, lse
+
+
+def attention_grad(
+    dout: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    is_causal: bool = False,
+    window_size: Optional[Sequence[int]] = None,
+    softcap: Optional[float] = None,
+    scale: Optional[float] = None,
+    cu_seqlens_q: Any = None,
+    cu_seqlens_k: Any = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (dq, dk, dv) of attnkit.attention given dout."""
+    q, k, v, dout = to_f64(q), to_f64(k), to_f64(v), to_f64(dout)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b, sq_sl, sk_sl in _sequences(q, k, cu_seqlens_q, cu_seqlens_k):
+        pick_q = (lambda x: x[b]) if b is not None else (lambda x: x[sq_sl])
+        pick_k = (lambda x: x[b]) if b is not None else (lambda x: x[sk_sl])
+        qb, kb, vb, dob = pick_q(q), pick_k(k), pick_k(v), pick_q(dout)
+        mask = fmha_mask(qb.shape[0], kb.shape[0], is_causal, window_size)
+        gq, gk, gv = masked_attention_grad(qb, kb, vb, mask, dob, scale, softcap or 0.0)
+        if b is not None:
+            dq[b], dk[b], dv[b] = gq, gk, gv
+        else:
+            dq[sq_sl], dk[sk_sl], dv[sk_sl] = gq, gk, gv
+    return dq, dk, dv

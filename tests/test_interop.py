@@ -1,0 +1,83 @@
+"""Framework interop: results come back in the caller's framework and dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TOL, randn, rel_err
+
+import attnkit
+from attnkit import reference as ref
+
+
+def test_numpy_bfloat16_via_ml_dtypes(rng):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    q, k, v = (randn(rng, (1, 19, 2, 16), "bfloat16") for _ in range(3))
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    assert out.dtype == ml_dtypes.bfloat16 and lse.dtype == np.float32
+    assert rel_err(out, ref.attention(q, k, v)[0]) < TOL["bfloat16"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_torch_in_torch_out(dtype):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 17, 4, 24, generator=g).to(getattr(torch, dtype))
+    k = torch.randn(2, 9, 2, 24, generator=g).to(getattr(torch, dtype))
+    out, lse = attnkit.attention(q, k, k, is_causal=True, return_lse=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == q.dtype and out.device == q.device
+    assert isinstance(lse, torch.Tensor) and lse.dtype == torch.float32
+    assert rel_err(out, ref.attention(q, k, k, is_causal=True)[0]) < TOL[dtype]
+    dq, dk, dv = attnkit.attention_backward(torch.ones_like(out), q, k, k, out, lse, is_causal=True)
+    assert isinstance(dq, torch.Tensor) and dq.dtype == q.dtype
+
+
+def test_torch_non_contiguous_views_are_read_in_place():
+    torch = pytest.importorskip("torch")
+    base = torch.randn(2, 8, 30, 32)  # [B, H, S, D] as many models store it
+    q = base.transpose(1, 2)  # [B, S, H, D] view, no copy
+    assert not q.is_contiguous()
+    out = attnkit.attention(q, q, q)
+    assert rel_err(out, ref.attention(q, q, q)[0]) < TOL["float32"]
+
+
+def test_jax_in_jax_out(rng):
+    jax = pytest.importorskip("jax", reason="JAX is optional; install jax to run this check")
+    import jax.numpy as jnp
+
+    q = jnp.asarray(randn(rng, (1, 11, 2, 16), "float32"))
+    out, lse = attnkit.attention(q, q, q, return_lse=True)
+    assert isinstance(out, jax.Array) and out.dtype == jnp.float32
+    assert rel_err(np.asarray(out), ref.attention(np.asarray(q), np.asarray(q), np.asarray(q))[0]) < TOL["float32"]
+
+
+def test_generic_dlpack_producer(rng):
+    class Wrapped:
+        """A minimal third-party DLPack producer."""
+
+        def __init__(self, a):
+            self.a = a
+            self.shape = a.shape
+            self.dtype = a.dtype
+
+        def __dlpack__(self, **kw):
+            return self.a.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+
+    q = randn(rng, (1, 5, 1, 8), "float32")
+    out = attnkit.attention(Wrapped(q), Wrapped(q), Wrapped(q))
+    assert isinstance(out, np.ndarray)
+    assert rel_err(out, ref.attention(q, q, q)[0]) < TOL["float32"]
+
+
+def test_concurrent_calls_from_threads(rng):
+    import concurrent.futures as cf
+
+    inputs = [tuple(randn(rng, (1, 100, 2, 32), "float32") for _ in range(3)) for _ in range(6)]
+    want = [attnkit.attention(*x) for x in inputs]
+    with cf.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda x: attnkit.attention(*x), inputs))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
