@@ -71,13 +71,15 @@ def test_forward_backward_dtypes(rng, dtype, shape, opt):
         assert rel_err(got, want) < GRAD_TOL[dtype]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+# The float64 gradient reference is slow for the 1000x1000 case; the forward covers it.
+BWD_SHAPES = [s for s in SHAPES if s[1] * s[2] <= 300_000]
+
+
+@pytest.mark.parametrize("shape", BWD_SHAPES, ids=_ids)
 @pytest.mark.parametrize("opt", [dict(), dict(is_causal=True), dict(window_size=(5, 5)), dict(softcap=3.0)],
                          ids=["dense", "causal", "window", "softcap"])
 def test_backward_float32(rng, shape, opt):
     B, Sq, Sk, Hq, Hkv, D, Dv = shape
-    if Sq * Sk > 300_000:
-        pytest.skip("covered by the forward; the float64 gradient reference is slow at this size")
     q, k = randn(rng, (B, Sq, Hq, D), "float32"), randn(rng, (B, Sk, Hkv, D), "float32")
     v = randn(rng, (B, Sk, Hkv, Dv), "float32")
     out, lse = attnkit.attention(q, k, v, return_lse=True, **opt)
