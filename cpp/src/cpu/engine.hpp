@@ -82,17 +82,17 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
   const auto items = q_work_items(s);
   const int64_t orows = math.out_rows();
   const int64_t own = math.fwd_scratch_floats();
-  const int64_t per_thread = own + orows * kQ + nkt * kQ + 3 * kQ + Dv + kLanes;
+  const int64_t st_rows = std::max(nkt, round_up(Dv, kLanes));  // ST also holds the output rows
+  const int64_t per_thread = own + orows * kQ + st_rows * kQ + 3 * kQ + kLanes;
   FloatBuffer scratch(per_thread * threads);
 
   parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
     float* ws = scratch.get() + per_thread * thread_index();  // the policy's scratch
     float* OT = ws + own;            // [orows][kQ] unnormalised output
     float* ST = OT + orows * kQ;     // [nkt][kQ]   scores, then probabilities
-    float* m = ST + nkt * kQ;        // running max (log2 domain)
+    float* m = ST + st_rows * kQ;    // running max (log2 domain)
     float* l = m + kQ;               // running sum
     float* alpha = l + kQ;
-    float* row = alpha + kQ;         // one output row
 
     const ProblemRef P = s.problem(items[it].first);
     const int64_t t = items[it].second;
@@ -113,11 +113,14 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     });
     math.end();
 
+    // out_i = O_i / l_i; a row that saw no key has l == 0: output 0 and lse -inf, never NaN.
+    for (int i = 0; i < kQ; ++i) alpha[i] = i < n && l[i] > 0 ? 1.f / l[i] : 0.f;
+    K.scale_rows(OT, Dv, alpha);
+    const int64_t ldo = round_up(Dv, kLanes);
+    float* O = ST;  // [kQ][ldo] output rows
+    K.transpose32(OT, kQ, Dv, kQ, O, ldo);
     for (int i = 0; i < n; ++i) {
-      // A row that saw no key has l == 0: output 0 and lse -inf, never NaN.
-      const float inv = l[i] > 0 ? 1.f / l[i] : 0.f;
-      for (int64_t d = 0; d < Dv; ++d) row[d] = OT[d * kQ + i] * inv;
-      store_row(row, Dv, a.out.dtype, a.out.row(P.b, tok[i], P.hq));
+      store_row(O + i * ldo, Dv, a.out.dtype, a.out.row(P.b, tok[i], P.hq));
       if (a.lse.data) {
         const float lse = l[i] > 0 ? (m[i] + std::log2(l[i])) * kLn2 : -INFINITY;
         *reinterpret_cast<float*>(a.lse.row(P.b, tok[i], P.hq)) = lse;

@@ -246,38 +246,4 @@ uint16_t float_to_half(float f) {
   return sign | static_cast<uint16_t>(r >> 13);
 }
 
-void load_row(const void* src, DType dtype, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::Float32: std::memcpy(dst, src, sizeof(float) * n); break;
-    case DType::BFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(s[i]);
-      break;
-    }
-    case DType::Float16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(s[i]);
-      break;
-    }
-    default: break;  // validated before the engine runs
-  }
-}
-
-void store_row(const float* src, int64_t n, DType dtype, void* dst) {
-  switch (dtype) {
-    case DType::Float32: std::memcpy(dst, src, sizeof(float) * n); break;
-    case DType::BFloat16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(src[i]);
-      break;
-    }
-    case DType::Float16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = float_to_half(src[i]);
-      break;
-    }
-    default: break;
-  }
-}
-
 }  // namespace attnkit::cpu

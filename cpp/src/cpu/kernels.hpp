@@ -76,6 +76,17 @@ struct KernelTable {
   // O^T[rows][kQ] *= alpha[kQ] lane-wise.
   void (*scale_rows)(float* X, int64_t rows, const float* alpha);
 
+  // Data movement for packing and unpacking tiles.
+  // dst[c*ldd + r] = src[r*lds + c] for 32-bit elements (fp32, or pairs of bf16).
+  void (*transpose32)(const void* src, int64_t lds, int64_t rows, int64_t cols, void* dst,
+                      int64_t ldd);
+  // out[2i] = a[i], out[2i+1] = b[i] (b null: zeros) for 16-bit elements: two rows
+  // become one VNNI row.
+  void (*interleave16)(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out);
+  // Widen n elements of `dtype` to fp32 / narrow back (round to nearest even).
+  void (*load_row)(const void* src, DType dtype, int64_t n, float* dst);
+  void (*store_row)(const float* src, int64_t n, DType dtype, void* dst);
+
   // bf16 inputs run on these when the ISA has a bf16 matrix unit; else null.
   const Bf16Kernels* bf16 = nullptr;
 };
@@ -123,8 +134,13 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN stays Na
 float half_to_float(uint16_t h);
 uint16_t float_to_half(float f);
 
-// Row converters: widen n elements of `dtype` at src to fp32, and narrow back.
-void load_row(const void* src, DType dtype, int64_t n, float* dst);
-void store_row(const float* src, int64_t n, DType dtype, void* dst);
+// Row converters: widen n elements of `dtype` at src to fp32, and narrow back
+// (the kernel table's vectorised versions).
+inline void load_row(const void* src, DType dtype, int64_t n, float* dst) {
+  kernels().load_row(src, dtype, n, dst);
+}
+inline void store_row(const float* src, int64_t n, DType dtype, void* dst) {
+  kernels().store_row(src, n, dtype, dst);
+}
 
 }  // namespace attnkit::cpu

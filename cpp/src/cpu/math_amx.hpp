@@ -23,6 +23,7 @@ namespace attnkit::cpu {
 namespace detail {
 
 inline uint16_t* u16(FloatBuffer& b) { return reinterpret_cast<uint16_t*>(b.get()); }
+inline const uint16_t* u16c(const FloatBuffer& b) { return reinterpret_cast<const uint16_t*>(b.get()); }
 
 // n elements of any input dtype as bf16 bits (tmp: n floats of scratch).
 inline void row_to_bf16(const void* src, DType dt, int64_t n, uint16_t* dst, float* tmp) {
@@ -52,32 +53,23 @@ class AmxMath {
     const int64_t R = rows.total();
     auto zeroed = [](FloatBuffer& b, int64_t halves) { b.reset((halves + 1) / 2 + kLanes, true); };
     zeroed(kb_, R * ldk32_);
+    zeroed(vb_, R * ldv32_);
+    const int64_t dmax = std::max(a.dqk, a.dv);
+    FloatBuffer tmp(threads * (dmax + kLanes));
+    for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
+      float* t = tmp.get() + (dmax + kLanes) * thread_index();
+      const int64_t g = rows.base[kp] + r;
+      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, detail::u16(kb_) + g * ldk32_, t);
+      detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, detail::u16(vb_) + g * ldv32_, t);
+    });
+    // The forward reads V^T, the backward K^T (each [dims][rows] per kv problem).
     if (backward) {
-      zeroed(vb_, R * ldv32_);
       zeroed(kt_, R * d16_);
+      transpose_keys(detail::u16(kb_), ldk32_, d16_, detail::u16(kt_), threads);
     } else {
       zeroed(vt_, R * dv16_);
+      transpose_keys(detail::u16(vb_), ldv32_, dv16_, detail::u16(vt_), threads);
     }
-    // Per thread: an fp32 row for widening, then a bf16 row.
-    const int64_t dmax = std::max(a.dqk, a.dv), tmp_ld = 2 * dmax + kLanes;
-    FloatBuffer tmp(threads * tmp_ld);
-    for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
-      float* t = tmp.get() + tmp_ld * thread_index();
-      uint16_t* krow = detail::u16(kb_) + (rows.base[kp] + r) * ldk32_;
-      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, krow, t);
-      const int64_t nr = rows.base[kp + 1] - rows.base[kp];
-      if (backward) {
-        uint16_t* vrow = detail::u16(vb_) + (rows.base[kp] + r) * ldv32_;
-        detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, vrow, t);
-        uint16_t* kt = detail::u16(kt_) + rows.base[kp] * d16_;
-        for (int64_t d = 0; d < a.dqk; ++d) kt[d * nr + r] = krow[d];
-      } else {
-        uint16_t* vt = detail::u16(vt_) + rows.base[kp] * dv16_;
-        uint16_t* v = reinterpret_cast<uint16_t*>(t + dmax);
-        detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, v, t);
-        for (int64_t d = 0; d < a.dv; ++d) vt[d * nr + r] = v[d];
-      }
-    });
     prescale_ = a.softcap > 0 || !(a.scale > 0);
     c_ = a.softcap > 0 ? 1.f : prescale_ ? kLog2e : a.scale * kLog2e;
     std::fill(scale_lanes_, scale_lanes_ + kQ, a.scale);
@@ -90,20 +82,20 @@ class AmxMath {
   void end() const { B_.end(); }
 
   // ---------------------------------------------------------------- forward
-  // Scratch: Q^T VNNI [ldk32/2][2kQ], P^T VNNI [kv_tile/2][2kQ] (bf16), one row.
-  int64_t fwd_scratch_floats() const {
-    return (ldk32_ * kQ + a_.kv_tile * kQ) / 2 + std::max(a_.dqk, a_.dv) + kLanes;
-  }
+  // Scratch (bf16): Q^T VNNI [ldk32/2][2kQ], P^T VNNI [kv_tile/2][2kQ], q rows [kQ][ldk32].
+  int64_t fwd_scratch_floats() const { return (2 * ldk32_ * kQ + a_.kv_tile * kQ) / 2 + kLanes; }
 
   void fwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     uint16_t* QTv = reinterpret_cast<uint16_t*>(ws);
-    float* row = ws + (ldk32_ * kQ + a_.kv_tile * kQ) / 2;
-    pack_q_vnni(a_.q, P, tok, n, a_.dqk, ldk32_, QTv, row);
+    uint16_t* Qrows = fwd_pv(ws) + a_.kv_tile * kQ;
+    load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, Qrows);
+    K_.transpose32(Qrows, ldk32_ / 2, kQ, ldk32_ / 2, QTv, kQ);
   }
 
   void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST) const {
     const uint16_t* QTv = reinterpret_cast<const uint16_t*>(ws);
-    B_.tile_gemm(nk, kQ, ldk32_, detail_k(kvp, c0), ldk32_, QTv, 2 * kQ, ST, kQ, false);
+    const uint16_t* k = detail::u16c(kb_) + (rows.base[kvp] + c0) * ldk32_;
+    B_.tile_gemm(nk, kQ, ldk32_, k, ldk32_, QTv, 2 * kQ, ST, kQ, false);
   }
 
   void finish_scores(float* ST, int64_t nk, float* cap_grad) const {
@@ -117,25 +109,29 @@ class AmxMath {
 
   void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
     const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* vt = reinterpret_cast<const uint16_t*>(vt_.get()) + rows.base[kvp] * dv16_ + c0;
+    const uint16_t* vt = detail::u16c(vt_) + rows.base[kvp] * dv16_ + c0;
     B_.tile_gemm(dv16_, kQ, nk, vt, nr, fwd_pv(ws), 2 * kQ, OT, kQ, true);
   }
 
   // ---------------------------------------------------------------- backward
   // Scratch (bf16 unless noted): Q^T VNNI, dO^T VNNI, Q VNNI-by-query-pairs,
-  // dO VNNI-by-query-pairs, P^T rows, dS^T rows, dS^T VNNI, dQ^T (fp32), one row.
+  // dO VNNI-by-query-pairs, P^T rows, dS^T rows, dS^T VNNI, q rows, dO rows;
+  // then dQ^T and dQ rows (fp32).
   int64_t bwd_scratch_floats() const {
-    const int64_t halves = ldk32_ * kQ + ldv32_ * kQ + kQ * d16_ + kQ * dv16_ + 3 * a_.kv_tile * kQ;
-    return (halves + 1) / 2 + d16_ * kQ + std::max(a_.dqk, a_.dv) + kLanes;
+    return (bwd_halves() + 1) / 2 + 2 * d16_ * kQ + kLanes;
   }
 
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
-    std::fill(ws, ws + bwd_scratch_floats(), 0.f);
-    pack_q_vnni(a_.q, P, tok, n, a_.dqk, ldk32_, b.QTv, b.row);
-    pack_q_vnni(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOTv, b.row);
-    pack_rows_vnni(a_.q, P, tok, n, a_.dqk, d16_, b.Qv, b.row);
-    pack_rows_vnni(a_.dout, P, tok, n, a_.dv, dv16_, b.dOv, b.row);
+    load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, b.Qrows);
+    load_rows(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOrows);
+    K_.transpose32(b.Qrows, ldk32_ / 2, kQ, ldk32_ / 2, b.QTv, kQ);
+    K_.transpose32(b.dOrows, ldv32_ / 2, kQ, ldv32_ / 2, b.dOTv, kQ);
+    for (int p = 0; p < kQ / 2; ++p) {
+      K_.interleave16(b.Qrows + 2 * p * ldk32_, b.Qrows + (2 * p + 1) * ldk32_, d16_, b.Qv + 2 * p * d16_);
+      K_.interleave16(b.dOrows + 2 * p * ldv32_, b.dOrows + (2 * p + 1) * ldv32_, dv16_, b.dOv + 2 * p * dv16_);
+    }
+    std::fill(b.dQT, b.dQT + d16_ * kQ, 0.f);
   }
 
   const float* bwd_qt(const float* ws) const { return ws; }  // Q^T VNNI is first
@@ -144,74 +140,76 @@ class AmxMath {
                  const float* cap_grad, const float* lse2, const float* delta, float* dKacc,
                  float* dVacc, float* ws) const {
     Bwd b = bwd_split(ws);
-    const uint16_t* vrow = reinterpret_cast<const uint16_t*>(vb_.get()) + (rows.base[kvp] + c0) * ldv32_;
+    const uint16_t* vrow = detail::u16c(vb_) + (rows.base[kvp] + c0) * ldv32_;
     B_.tile_gemm(nk, kQ, ldv32_, vrow, ldv32_, b.dOTv, 2 * kQ, dPT, kQ, false);
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
     const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* kt = reinterpret_cast<const uint16_t*>(kt_.get()) + rows.base[kvp] * d16_ + c0;
+    const uint16_t* kt = detail::u16c(kt_) + rows.base[kvp] * d16_ + c0;
     B_.tile_gemm(d16_, kQ, nk, kt, nr, b.dSv, 2 * kQ, b.dQT, kQ, true);
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
-    for (int i = 0; i < n; ++i) {
-      for (int64_t d = 0; d < a_.dqk; ++d) b.row[d] = b.dQT[d * kQ + i];
-      store_row(b.row, a_.dqk, a_.dq.dtype, a_.dq.row(P.b, tok[i], P.hq));
-    }
+    K_.transpose32(b.dQT, kQ, a_.dqk, kQ, b.dQ, d16_);
+    for (int i = 0; i < n; ++i) store_row(b.dQ + i * d16_, a_.dqk, a_.dq.dtype, a_.dq.row(P.b, tok[i], P.hq));
   }
 
  private:
   struct Bwd {
-    uint16_t *QTv, *dOTv, *Qv, *dOv, *P, *dS, *dSv;
-    float *dQT, *row;
+    uint16_t *QTv, *dOTv, *Qv, *dOv, *P, *dS, *dSv, *Qrows, *dOrows;
+    float *dQT, *dQ;
   };
+  int64_t bwd_halves() const {
+    return 2 * (ldk32_ * kQ + ldv32_ * kQ) + kQ * d16_ + kQ * dv16_ + 3 * a_.kv_tile * kQ;
+  }
   Bwd bwd_split(float* ws) const {
     Bwd b;
-    uint16_t* h = reinterpret_cast<uint16_t*>(ws);
-    b.QTv = h;
+    b.QTv = reinterpret_cast<uint16_t*>(ws);
     b.dOTv = b.QTv + ldk32_ * kQ;
     b.Qv = b.dOTv + ldv32_ * kQ;
     b.dOv = b.Qv + kQ * d16_;
     b.P = b.dOv + kQ * dv16_;
     b.dS = b.P + a_.kv_tile * kQ;
     b.dSv = b.dS + a_.kv_tile * kQ;
-    const int64_t halves = b.dSv + a_.kv_tile * kQ - h;
-    b.dQT = ws + (halves + 1) / 2;
-    b.row = b.dQT + d16_ * kQ;
+    b.Qrows = b.dSv + a_.kv_tile * kQ;
+    b.dOrows = b.Qrows + kQ * ldk32_;
+    b.dQT = ws + (bwd_halves() + 1) / 2;
+    b.dQ = b.dQT + d16_ * kQ;
     return b;
   }
   uint16_t* fwd_pv(float* ws) const { return reinterpret_cast<uint16_t*>(ws) + ldk32_ * kQ; }
-  const uint16_t* detail_k(int64_t kvp, int64_t c0) const {
-    return reinterpret_cast<const uint16_t*>(kb_.get()) + (rows.base[kvp] + c0) * ldk32_;
+
+  // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
+  void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
+                 int64_t width, uint16_t* out) const {
+    std::fill(out, out + kQ * width, uint16_t(0));
+    for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
 
-  // X^T of a query tile in VNNI: out[(d/2)*2kQ + 2i + d%2] = x_i[d], zero-padded
-  // to `depth` dims and kQ rows.
-  void pack_q_vnni(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n,
-                   int64_t dim, int64_t depth, uint16_t* out, float* row) const {
-    std::fill(out, out + depth * kQ, uint16_t(0));
-    for (int i = 0; i < n; ++i) {
-      load_row(L.row(P.b, tok[i], P.hq), L.dtype, dim, row);
-      for (int64_t d = 0; d < dim; ++d) out[(d / 2) * 2 * kQ + 2 * i + (d & 1)] = float_to_bf16(row[d]);
-    }
-  }
-  // X of a query tile in VNNI by query pairs: out[(i/2)*2*width + 2d + i%2] = x_i[d]
-  // (out must be zero on entry: padding rows and dims stay zero).
-  void pack_rows_vnni(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n,
-                      int64_t dim, int64_t width, uint16_t* out, float* row) const {
-    for (int i = 0; i < n; ++i) {
-      load_row(L.row(P.b, tok[i], P.hq), L.dtype, dim, row);
-      uint16_t* o = out + (i / 2) * 2 * width + (i & 1);
-      for (int64_t d = 0; d < dim; ++d) o[2 * d] = float_to_bf16(row[d]);
-    }
+  // out[d][r] (per kv problem, [dims][nr]) = rows[r][d]: key pairs are
+  // interleaved into 32-bit units, which are then transposed.
+  void transpose_keys(const uint16_t* src, int64_t ld, int64_t dims, uint16_t* out, int threads) const {
+    constexpr int64_t kChunk = 256;
+    std::vector<std::pair<int64_t, int64_t>> items;
+    for (int64_t kp = 0; kp < rows.count(); ++kp)
+      for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kChunk) items.push_back({kp, r});
+    FloatBuffer tmp(threads * kChunk * dims / 2 + kLanes);
+    parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
+      const int64_t kp = items[it].first, r0 = items[it].second;
+      const int64_t nr = rows.base[kp + 1] - rows.base[kp], nc = std::min(kChunk, nr - r0);
+      uint16_t* pairs = reinterpret_cast<uint16_t*>(tmp.get() + thread_index() * kChunk * dims / 2);
+      const uint16_t* r = src + (rows.base[kp] + r0) * ld;
+      for (int64_t p = 0; p < nc / 2; ++p) K_.interleave16(r + 2 * p * ld, r + (2 * p + 1) * ld, dims, pairs + 2 * p * dims);
+      K_.transpose32(pairs, dims, nc / 2, dims, out + rows.base[kp] * dims + r0, nr / 2);
+    });
   }
 
   const EngineArgs& a_;
   const KernelTable& K_;
   const Bf16Kernels& B_;
-  FloatBuffer kb_, vt_, vb_, kt_;
+  FloatBuffer kb_, vb_, vt_, kt_;
   int64_t ldk32_ = 0, ldv32_ = 0, d16_ = 0, dv16_ = 0;
   bool prescale_ = false;
   float c_ = 1.f;

@@ -87,17 +87,14 @@ class FmaMath {
   void end() const {}
 
   // ---------------------------------------------------------------- forward
-  int64_t fwd_scratch_floats() const { return a_.dqk * kQ + std::max(a_.dqk, a_.dv) + kLanes; }
+  int64_t fwd_scratch_floats() const { return a_.dqk * kQ + kQ * ldk_; }
 
   // Q^T[d][i] = q_i[d] * qmul, zero past the n rows of the tile.
   void fwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     float* QT = ws;
-    float* row = ws + a_.dqk * kQ;
-    std::fill(QT, QT + a_.dqk * kQ, 0.f);
-    for (int i = 0; i < n; ++i) {
-      load_row(a_.q.row(P.b, tok[i], P.hq), a_.q.dtype, a_.dqk, row);
-      for (int64_t d = 0; d < a_.dqk; ++d) QT[d * kQ + i] = row[d] * qmul_;
-    }
+    float* Qr = ws + a_.dqk * kQ;  // [kQ][ldk] rows
+    load_q_rows(P, tok, n, Qr);
+    transpose_scaled(Qr, QT);
   }
 
   // S^T[j][i] = k_j . q_i (scaled) for keys [c0, c0 + nk) of kv problem kvp.
@@ -128,13 +125,13 @@ class FmaMath {
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     float *QT, *Qr, *dOT, *dOr, *dQ;
     bwd_split(ws, &QT, &Qr, &dOT, &dOr, &dQ);
-    std::fill(ws, ws + bwd_scratch_floats(), 0.f);
-    for (int i = 0; i < n; ++i) {
-      load_row(a_.q.row(P.b, tok[i], P.hq), a_.q.dtype, a_.dqk, Qr + i * ldk_);
-      for (int64_t d = 0; d < a_.dqk; ++d) QT[d * kQ + i] = Qr[i * ldk_ + d] * qmul_;
+    load_q_rows(P, tok, n, Qr);
+    transpose_scaled(Qr, QT);
+    std::fill(dOr, dOr + kQ * ldv_, 0.f);
+    for (int i = 0; i < n; ++i)
       load_row(a_.dout.row(P.b, tok[i], P.hq), a_.dout.dtype, a_.dv, dOr + i * ldv_);
-      for (int64_t d = 0; d < a_.dv; ++d) dOT[d * kQ + i] = dOr[i * ldv_ + d];
-    }
+    K_.transpose32(dOr, ldv_, kQ, a_.dv, dOT, kQ);
+    std::fill(dQ, dQ + kQ * ldk_, 0.f);
   }
 
   float* bwd_qt(float* ws) const { return ws; }
@@ -161,6 +158,18 @@ class FmaMath {
   }
 
  private:
+  // Query rows of the tile, zero past n and past D (width ldk).
+  void load_q_rows(const ProblemRef& P, const int64_t* tok, int n, float* Qr) const {
+    std::fill(Qr, Qr + kQ * ldk_, 0.f);
+    for (int i = 0; i < n; ++i) load_row(a_.q.row(P.b, tok[i], P.hq), a_.q.dtype, a_.dqk, Qr + i * ldk_);
+  }
+  // QT[d][i] = Qr[i][d] * qmul.
+  void transpose_scaled(const float* Qr, float* QT) const {
+    float mul[kQ];
+    std::fill(mul, mul + kQ, qmul_);
+    K_.transpose32(Qr, ldk_, kQ, a_.dqk, QT, kQ);
+    K_.scale_rows(QT, a_.dqk, mul);
+  }
   const float* krow(int64_t kvp, int64_t c0) const { return k_.get() + (rows.base[kvp] + c0) * ldk_; }
   const float* vrow(int64_t kvp, int64_t c0) const { return v_.get() + (rows.base[kvp] + c0) * ldv_; }
   void bwd_split(float* ws, float** QT, float** Qr, float** dOT, float** dOr, float** dQ) const {
