@@ -36,7 +36,9 @@ struct Bf16Kernels {
   void (*tile_gemm)(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                     const uint16_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
   // Forward online-softmax step like KernelTable::softmax_step, on raw scores:
-  // the log2-domain score is S * c. nk is even. Writes P^T as bf16 VNNI
+  // the log2-domain score is S * c. nk is even. m is a reference max that may
+  // trail the true running max by up to 8 (probabilities <= 256); it moves, and
+  // alpha != 1 is returned, only when scores exceed it by more. Writes P^T as bf16 VNNI
   // (pairs of keys interleaved): P[(j/2)*2*kQ + 2*i + j%2] = p(key j, query i).
   bool (*softmax_step_vnni)(const float* S, int64_t nk, float c, float* m, float* l,
                             float* alpha, uint16_t* P);

@@ -134,13 +134,54 @@ inline __m512i interleave_index() {
   return _mm512_load_si512(idx);
 }
 
+// Scores may exceed the running max by up to 2^kSlack before the reference max
+// must move: probabilities stay <= 256, far from fp32/bf16 overflow, and most
+// chunks then need neither a separate max pass nor a rescale of O.
+constexpr float kSlack = 8.f;
+
 bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
                        uint16_t* P) {
+  const __m512i ilv = interleave_index();
+  vf ref[kQV], sum[kQV];
+  bool all_finite = true;
+  for (int v = 0; v < kQV; ++v) {
+    ref[v] = loadu(m + 16 * v);
+    vi fin = ref[v] != splat(-INFINITY);
+    for (int i = 0; i < 16; ++i) all_finite &= fin[i] != 0;
+  }
+  if (all_finite) {
+    // One pass against the current reference max, watching the chunk's max.
+    vf mx[kQV];
+    for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY), sum[v] = splat(0.f);
+    for (int64_t j = 0; j < nk; j += 2) {
+      uint16_t* row = P + (j / 2) * 2 * kQ;
+      for (int v = 0; v < kQV; ++v) {
+        const vf s0 = loadu(S + j * kQ + 16 * v) * c, s1 = loadu(S + (j + 1) * kQ + 16 * v) * c;
+        mx[v] = vmax(mx[v], vmax(s0, s1));
+        const vf p0 = exp2_bf16(s0 - ref[v]), p1 = exp2_bf16(s1 - ref[v]);
+        sum[v] += p0 + p1;
+        _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
+      }
+    }
+    bool ok = true;
+    for (int v = 0; v < kQV; ++v) {
+      vi big = mx[v] > ref[v] + kSlack;
+      for (int i = 0; i < 16; ++i) ok &= big[i] == 0;
+    }
+    if (ok) {
+      for (int v = 0; v < kQV; ++v) {
+        storeu(l + 16 * v, loadu(l + 16 * v) + sum[v]);
+        storeu(alpha + 16 * v, splat(1.f));
+      }
+      return false;
+    }
+  }
+  // Two passes: the chunk's max first, then the probabilities against it.
   vf mx[kQV];
   for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY);
   for (int64_t j = 0; j < nk; ++j)
     for (int v = 0; v < kQV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
-  vf use[kQV], sum[kQV];
+  vf use[kQV];
   bool rescale = false;
   for (int v = 0; v < kQV; ++v) {
     const vf old = loadu(m + 16 * v);
@@ -154,7 +195,6 @@ bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, 
     for (int i = 0; i < 16; ++i) rescale |= ne[i] != 0;
     sum[v] = splat(0.f);
   }
-  const __m512i ilv = interleave_index();
   for (int64_t j = 0; j < nk; j += 2) {
     uint16_t* row = P + (j / 2) * 2 * kQ;
     for (int v = 0; v < kQV; ++v) {
