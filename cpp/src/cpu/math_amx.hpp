@@ -62,7 +62,7 @@ class AmxMath {
       detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, detail::u16(kb_) + g * ldk32_, t);
       detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, detail::u16(vb_) + g * ldv32_, t);
     });
-    // The forward reads V^T, the backward K^T (each [dims][rows] per kv problem).
+    // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys).
     if (backward) {
       zeroed(kt_, R * d16_);
       transpose_keys(detail::u16(kb_), ldk32_, d16_, detail::u16(kt_), threads);
@@ -108,9 +108,8 @@ class AmxMath {
   }
 
   void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
-    const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* vt = detail::u16c(vt_) + rows.base[kvp] * dv16_ + c0;
-    B_.tile_gemm(dv16_, kQ, nk, vt, nr, fwd_pv(ws), 2 * kQ, OT, kQ, true);
+    const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
+    B_.tile_gemm_ks(dv16_, kQ, nk, vt, 32, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ, true);
   }
 
   // ---------------------------------------------------------------- backward
@@ -145,9 +144,8 @@ class AmxMath {
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
-    const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* kt = detail::u16c(kt_) + rows.base[kvp] * d16_ + c0;
-    B_.tile_gemm(d16_, kQ, nk, kt, nr, b.dSv, 2 * kQ, b.dQT, kQ, true);
+    const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
+    B_.tile_gemm_ks(d16_, kQ, nk, kt, 32, 32 * d16_, b.dSv, 2 * kQ, b.dQT, kQ, true);
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
@@ -188,8 +186,9 @@ class AmxMath {
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
 
-  // out[d][r] (per kv problem, [dims][nr]) = rows[r][d]: key pairs are
-  // interleaved into 32-bit units, which are then transposed.
+  // out = rows transposed in 32-key blocks: element (d, r) at
+  // out[(r/32)*32*dims + d*32 + r%32] (the tile_gemm_ks layout). Key pairs are
+  // interleaved into 32-bit units, which are then transposed block by block.
   void transpose_keys(const uint16_t* src, int64_t ld, int64_t dims, uint16_t* out, int threads) const {
     constexpr int64_t kChunk = 256;
     std::vector<std::pair<int64_t, int64_t>> items;
@@ -202,7 +201,8 @@ class AmxMath {
       uint16_t* pairs = reinterpret_cast<uint16_t*>(tmp.get() + thread_index() * kChunk * dims / 2);
       const uint16_t* r = src + (rows.base[kp] + r0) * ld;
       for (int64_t p = 0; p < nc / 2; ++p) K_.interleave16(r + 2 * p * ld, r + (2 * p + 1) * ld, dims, pairs + 2 * p * dims);
-      K_.transpose32(pairs, dims, nc / 2, dims, out + rows.base[kp] * dims + r0, nr / 2);
+      for (int64_t b = 0; b < nc; b += 32)
+        K_.transpose32(pairs + b * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
     });
   }
 
