@@ -12,6 +12,10 @@
 //     int q_tile(const ProblemRef&, int64_t t, int64_t* tok) const;  // token ids, <= kQ
 //     template <class F> void for_each_kv_tile(const ProblemRef&, int64_t t, F&& f) const;
 //       // f(k0, k1, full): kv index range [k0, k1); full = no element is masked
+//       // or f(k0, k1, full, QueryVectors{bits}): only the 16-lane query vectors
+//       // whose bit is set (lanes [16v, 16v+16)) see keys of the range; the lanes of
+//       // the others see none, and the engine skips their work. `full` then speaks
+//       // of the set vectors only.
 //     void mask(const ProblemRef&, int64_t t, int64_t k0, int64_t nk, float* S) const;
 //       // S^T tile [nk][kQ]: set masked (key k0+j, query row i) entries to -inf
 //     template <class F> void for_each_problem_of_kv(int64_t kp, F&& f) const;  // f(p)
@@ -101,7 +105,40 @@ struct EngineArgs {
   int64_t kv_tile = 128;  // max keys per score tile
 };
 
+// The query vectors (kQ / kLanes groups of kLanes lanes) of a tile that one kv
+// range reaches; schedules that pass none reach all of them (see the top).
+constexpr uint32_t kAllQueryVectors = (1u << (kQ / kLanes)) - 1;
+struct QueryVectors {
+  uint32_t bits = kAllQueryVectors;
+};
+
 namespace detail {
+
+inline uint32_t active_vectors() { return kAllQueryVectors; }
+inline uint32_t active_vectors(QueryVectors qv) { return qv.bits & kAllQueryVectors; }
+
+// f(v0, v1) for each maximal run [v0, v1) of set bits; all bits = one run [0, kQ/kLanes).
+template <class F>
+void for_each_vector_run(uint32_t bits, F&& f) {
+  constexpr int nv = kQ / kLanes;
+  for (int v = 0; v < nv;) {
+    if (!((bits >> v) & 1u)) {
+      ++v;
+      continue;
+    }
+    int e = v + 1;
+    while (e < nv && ((bits >> e) & 1u)) ++e;
+    f(v, e);
+    v = e;
+  }
+}
+
+// Sets the lanes of the vectors in `which` to `value` in a tile [nk][kQ].
+inline void fill_vectors(float* S, int64_t nk, uint32_t which, float value) {
+  for (int v = 0; v < kQ / kLanes; ++v)
+    if ((which >> v) & 1u)
+      for (int64_t j = 0; j < nk; ++j) std::fill(S + j * kQ + v * kLanes, S + j * kQ + (v + 1) * kLanes, value);
+}
 
 // Workspace holding K and V of every kv problem as fp32 rows, in the schedule's
 // kv order, rows padded to a multiple of 16 floats (the backward reads K rows as
@@ -216,16 +253,25 @@ void forward(const Sched& s, const EngineArgs& a) {
     const float* vbase = ws.v.get() + ws.base[P.kvp] * ws.ldv;
     const int64_t ldk = ws.ldk, ldv = ws.ldv;
 
-    s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
+    s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full, auto... qv) {
+      const uint32_t bits = detail::active_vectors(qv...);
+      if (bits == 0) return;
       for (int64_t c0 = k0; c0 < k1; c0 += nkt) {
         const int64_t nk = std::min(nkt, k1 - c0);
-        // S^T[j][i] = k_j . q_i
-        K.gemm(nk, kQ / kLanes, D, kbase + c0 * ldk, ldk, 1, QT, kQ, ST, kQ, false);
+        // S^T[j][i] = k_j . q_i (active vectors only)
+        detail::for_each_vector_run(bits, [&](int v0, int v1) {
+          K.gemm(nk, v1 - v0, D, kbase + c0 * ldk, ldk, 1, QT + v0 * kLanes, kQ,
+                 ST + v0 * kLanes, kQ, false);
+        });
         if (a.softcap > 0) K.softcap(ST, nk, a.softcap, nullptr);
+        if (bits != kAllQueryVectors) detail::fill_vectors(ST, nk, ~bits & kAllQueryVectors, -INFINITY);
         if (!full) s.mask(P, t, c0, nk, ST);
         if (K.softmax_step(ST, nk, m, l, alpha)) K.scale_rows(OT, Dv, alpha);
         // O^T[d][i] += sum_j v_j[d] * P^T[j][i]
-        K.gemm(Dv, kQ / kLanes, nk, vbase + c0 * ldv, 1, ldv, ST, kQ, OT, kQ, true);
+        detail::for_each_vector_run(bits, [&](int v0, int v1) {
+          K.gemm(Dv, v1 - v0, nk, vbase + c0 * ldv, 1, ldv, ST + v0 * kLanes, kQ,
+                 OT + v0 * kLanes, kQ, true);
+        });
       }
     });
 
@@ -365,24 +411,45 @@ void backward(const Sched& s, const EngineArgs& a) {
         if (a.dlse.data) delta[i] -= *reinterpret_cast<const float*>(a.dlse.row(P.b, tok[i], P.hq));
       }
 
-      s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
+      s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full, auto... qv) {
+        const uint32_t bits = detail::active_vectors(qv...);
+        if (bits == 0) return;
+        const uint32_t inactive = ~bits & kAllQueryVectors;
         for (int64_t c0 = k0; c0 < k1; c0 += nkt) {
           const int64_t nk = std::min(nkt, k1 - c0);
-          K.gemm(nk, kQ / kLanes, D, kbase + c0 * ldk, ldk, 1, QT, kQ, ST, kQ, false);
+          detail::for_each_vector_run(bits, [&](int v0, int v1) {
+            K.gemm(nk, v1 - v0, D, kbase + c0 * ldk, ldk, 1, QT + v0 * kLanes, kQ,
+                   ST + v0 * kLanes, kQ, false);
+          });
           const float* cg = nullptr;
           if (a.softcap > 0) {
             K.softcap(ST, nk, a.softcap, CG);
             cg = CG;
           }
+          if (inactive) {  // inactive lanes: P = 0, and no stale value can make a NaN
+            detail::fill_vectors(ST, nk, inactive, -INFINITY);
+            if (cg) detail::fill_vectors(CG, nk, inactive, 0.f);
+          }
           if (!full) s.mask(P, t, c0, nk, ST);
           // dP^T[j][i] = v_j . dO_i
-          K.gemm(nk, kQ / kLanes, Dv, vbase + c0 * ldv, ldv, 1, dOT, kQ, dPT, kQ, false);
+          detail::for_each_vector_run(bits, [&](int v0, int v1) {
+            K.gemm(nk, v1 - v0, Dv, vbase + c0 * ldv, ldv, 1, dOT + v0 * kLanes, kQ,
+                   dPT + v0 * kLanes, kQ, false);
+          });
+          if (inactive) detail::fill_vectors(dPT, nk, inactive, 0.f);
           K.softmax_grad(ST, dPT, nk, lse2, delta, a.scale, cg);
-          // dV[j] += sum_i P^T[j][i] dO_i ; dK[j] += sum_i dS^T[j][i] q_i
-          K.gemm(nk, ldv / kLanes, n, ST, kQ, 1, dOr, ldv, dVacc + c0 * ldv, ldv, true);
-          K.gemm(nk, ldk / kLanes, n, dPT, kQ, 1, Qr, ldk, dKacc + c0 * ldk, ldk, true);
-          // dQ[i] += sum_j dS^T[j][i] k_j
-          K.gemm(n, ldk / kLanes, nk, dPT, 1, kQ, kbase + c0 * ldk, ldk, dQ, ldk, true);
+          detail::for_each_vector_run(bits, [&](int v0, int v1) {
+            const int r0 = v0 * kLanes, r1 = std::min(v1 * kLanes, n);  // valid query rows
+            if (r1 <= r0) return;
+            // dV[j] += sum_i P^T[j][i] dO_i ; dK[j] += sum_i dS^T[j][i] q_i
+            K.gemm(nk, ldv / kLanes, r1 - r0, ST + r0, kQ, 1, dOr + r0 * ldv, ldv,
+                   dVacc + c0 * ldv, ldv, true);
+            K.gemm(nk, ldk / kLanes, r1 - r0, dPT + r0, kQ, 1, Qr + r0 * ldk, ldk,
+                   dKacc + c0 * ldk, ldk, true);
+            // dQ[i] += sum_j dS^T[j][i] k_j
+            K.gemm(r1 - r0, ldk / kLanes, nk, dPT + r0, 1, kQ, kbase + c0 * ldk, ldk,
+                   dQ + r0 * ldk, ldk, true);
+          });
         }
       });
       for (int i = 0; i < n; ++i)
