@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
+#include "attnkit/error.hpp"
 #include "engine.hpp"
 #include "gna_schedule.hpp"
 #include "schedule_seq.hpp"
@@ -147,30 +149,46 @@ int64_t covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko) {
   return sum;
 }
 
-bool parse_plan_override(NaPlan* plan) {
-  // Developer knob for tuning: ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0".
+// Developer knob for tuning and tests: ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0"
+// (axes right-aligned like NaAxis; entries on unused axes are ignored).
+void apply_plan_override(NaPlan* plan, int ndim) {
   const char* env = std::getenv("ATTNKIT_GNA_PLAN");
-  if (!env || !*env) return false;
+  if (!env || !*env) return;
   NaPlan p = *plan;
   const char* c = env;
+  auto bad = [&]() {
+    throw Error(ErrorCode::InvalidArgument,
+                std::string("ATTNKIT_GNA_PLAN must look like vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0 "
+                            "(prod vb <= 16, prod qa <= 4, kt >= 1, 0 <= ko < kt), got '") +
+                    env + "'");
+  };
   while (*c) {
     int* dst = nullptr;
     if (!std::strncmp(c, "vb=", 3)) dst = p.vb;
     else if (!std::strncmp(c, "qa=", 3)) dst = p.qa;
     else if (!std::strncmp(c, "kt=", 3)) dst = p.kt;
     else if (!std::strncmp(c, "ko=", 3)) dst = p.ko;
-    if (!dst) return false;
+    if (!dst) bad();
     c += 3;
     for (int d = 0; d < 3; ++d) {
       char* end;
-      dst[d] = static_cast<int>(std::strtol(c, &end, 10));
+      const long x = std::strtol(c, &end, 10);
+      if (end == c || x < 0 || x > 1024) bad();
+      dst[d] = static_cast<int>(x);
       c = end;
-      if (*c == 'x') ++c;
+      if (d < 2 && *c++ != 'x') bad();
     }
     if (*c == ',') ++c;
   }
+  for (int d = 0; d < 3 - ndim; ++d) p.vb[d] = p.qa[d] = p.kt[d] = 1, p.ko[d] = 0;
+  int vol = 1, blocks = 1;
+  for (int d = 0; d < 3; ++d) {
+    if (p.vb[d] < 1 || p.qa[d] < 1 || p.kt[d] < 1 || p.ko[d] >= p.kt[d]) bad();
+    vol *= p.vb[d];
+    blocks *= p.qa[d];
+  }
+  if (vol > kLanes || blocks > kQVecs) bad();
   *plan = p;
-  return true;
 }
 
 }  // namespace
@@ -240,7 +258,7 @@ NaPlan choose_na_plan(const NaProblem& p) {
       }
     }
   }
-  parse_plan_override(&plan);
+  apply_plan_override(&plan, p.ndim);
   return plan;
 }
 
