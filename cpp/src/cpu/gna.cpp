@@ -333,10 +333,12 @@ constexpr int64_t kBwdKvTile = 64;
 void na_forward(const NaProblem& p, int threads) {
   threads = resolve_threads(threads);
   const NaGeometry geo(p, choose_na_plan(p), threads);
-  const NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
+  NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
   a.kv_tile = kFwdKvTile;
+  sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
   if (p.n_extra == 0) {
+    sched.set_prefetch(1, {&a.out, p.head_dim_v, true});
     forward(sched, a);
     return;
   }
@@ -346,6 +348,7 @@ void na_forward(const NaProblem& p, int threads) {
   EngineArgs a1 = a;
   a1.out = scratch_layout(o1.get(), T, p.heads_q, Dv);
   a1.lse = scratch_layout(l1.get(), T, p.heads_q, 1);
+  sched.set_prefetch(1, {&a1.out, p.head_dim_v, true});
   forward(sched, a1);
   EngineArgs a2 = a1;
   a2.k = TokenLayout::from(p.extra_k, p.dtype);
@@ -383,7 +386,7 @@ void na_backward(const NaBackwardProblem& bp, int threads) {
   const NaProblem& p = bp.fwd;
   threads = resolve_threads(threads);
   const NaGeometry geo(p, choose_na_plan(p), threads);
-  const NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
+  NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
   a.kv_tile = kBwdKvTile;
   a.dout = spatial_layout(p, bp.dout, p.dtype);
@@ -394,7 +397,11 @@ void na_backward(const NaBackwardProblem& bp, int threads) {
     a.dlse = a.lse;
     a.dlse.data = reinterpret_cast<char*>(const_cast<float*>(bp.dlse));
   }
+  sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
+  sched.set_prefetch(1, {&a.dout, p.head_dim_v, false});
+  sched.set_prefetch(2, {&a.out, p.head_dim_v, false});
   if (p.n_extra == 0) {
+    sched.set_prefetch(3, {&a.dq, p.head_dim_qk, true});
     backward(sched, a);
     return;
   }
@@ -404,6 +411,7 @@ void na_backward(const NaBackwardProblem& bp, int threads) {
   FloatBuffer dq1(rows * D), dq2(rows * D);
   EngineArgs a1 = a;
   a1.dq = scratch_layout(dq1.get(), T, p.heads_q, D);
+  sched.set_prefetch(3, {&a1.dq, p.head_dim_qk, true});
   backward(sched, a1);
   EngineArgs a2 = a1;
   a2.k = TokenLayout::from(p.extra_k, p.dtype);

