@@ -197,8 +197,10 @@ NaPlan choose_na_plan(const NaProblem& p) {
   NaPlan plan;
   const int d0 = 3 - p.ndim;
   // Vector block: the power-of-two box of <= 16 queries whose window union costs
-  // least per query (16 lanes x union keys / queries); ties go to the longer last
-  // axis, whose kv ranges are contiguous.
+  // least per query (16 lanes x union keys / queries), with a per-range overhead
+  // amortised over the block's extent on the last axis (along which kv ranges are
+  // contiguous): measured, 2x2x4 beats 4x2x2 by ~5% for 7x7x7 windows though its
+  // union is 5% larger.
   double best = 1e300;
   for (int a = 1; a <= 16; a *= 2)
     for (int b = 1; a * b <= 16; b *= 2)
@@ -212,7 +214,7 @@ NaPlan choose_na_plan(const NaProblem& p) {
           cost *= mean_union(p.axis[d], e[d]);
         }
         if (!ok) continue;
-        cost /= static_cast<double>(a * b * c);
+        cost *= (1 + 0.4 / c) / static_cast<double>(a * b * c);
         if (cost < best * (1 - 1e-9)) {
           best = cost;
           for (int d = 0; d < 3; ++d) plan.vb[d] = e[d];
