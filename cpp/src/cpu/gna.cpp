@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #if defined(__x86_64__)
@@ -327,6 +329,32 @@ FmhaProblem extra_problem(const NaProblem& p) {
   return f;
 }
 
+// The geometry depends only on the spatial shape and the window arguments, which
+// training and inference loops repeat call after call: the last few (of grids up to
+// 2^18 tokens, ~10 MB of tables each) are kept.
+std::shared_ptr<const NaGeometry> geometry_for(const NaProblem& p, int threads) {
+  static std::mutex mu;
+  static std::vector<std::shared_ptr<const NaGeometry>> cache;  // most recent first
+  constexpr size_t kKeep = 4;
+  const NaPlan plan = choose_na_plan(p);
+  if (p.tokens() > (int64_t(1) << 18)) return std::make_shared<const NaGeometry>(p, plan, threads);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = 0; i < cache.size(); ++i)
+      if (cache[i]->matches(p, plan)) {
+        auto g = cache[i];
+        cache.erase(cache.begin() + static_cast<std::ptrdiff_t>(i));
+        cache.insert(cache.begin(), g);
+        return g;
+      }
+  }
+  auto g = std::make_shared<const NaGeometry>(p, plan, threads);
+  std::lock_guard<std::mutex> lock(mu);
+  cache.insert(cache.begin(), g);
+  if (cache.size() > kKeep) cache.pop_back();
+  return g;
+}
+
 constexpr int64_t kFwdKvTile = 128;
 constexpr int64_t kBwdKvTile = 64;
 
@@ -334,8 +362,8 @@ constexpr int64_t kBwdKvTile = 64;
 
 void na_forward(const NaProblem& p, int threads) {
   threads = resolve_threads(threads);
-  const NaGeometry geo(p, choose_na_plan(p), threads);
-  NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
+  const auto geo = geometry_for(p, threads);
+  NaSchedule sched(*geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
   a.kv_tile = kFwdKvTile;
   sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
@@ -387,8 +415,8 @@ void na_forward(const NaProblem& p, int threads) {
 void na_backward(const NaBackwardProblem& bp, int threads) {
   const NaProblem& p = bp.fwd;
   threads = resolve_threads(threads);
-  const NaGeometry geo(p, choose_na_plan(p), threads);
-  NaSchedule sched(geo, p.batch, p.heads_q, p.heads_kv);
+  const auto geo = geometry_for(p, threads);
+  NaSchedule sched(*geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
   a.kv_tile = kBwdKvTile;
   a.dout = spatial_layout(p, bp.dout, p.dtype);

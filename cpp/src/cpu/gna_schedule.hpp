@@ -76,6 +76,9 @@ class NaGeometry {
   };
 
   NaGeometry(const NaProblem& p, const NaPlan& plan, int threads) : plan_(plan) {
+    // Small grids are tabulated on one thread: a parallel region costs more than it
+    // saves, and on a busy machine every region risks waiting for a descheduled thread.
+    if (p.tokens() < (int64_t(1) << 18)) threads = 1;
     for (int d = 0; d < 3; ++d) axis_[d] = p.axis[d];
     ndim_ = p.ndim;
     for (int d = 0; d < 3; ++d) {
@@ -120,6 +123,19 @@ class NaGeometry {
   const int32_t* kv_coords(const Group& g, int64_t idx) const { return &kv_crd_[3 * (g.kv0 + idx)]; }
   int ndim() const { return ndim_; }
   const NaPlan& plan() const { return plan_; }
+  // Whether this geometry serves problem p with plan (see geometry_for in gna.cpp).
+  bool matches(const NaProblem& p, const NaPlan& plan) const {
+    if (p.ndim != ndim_) return false;
+    for (int d = 0; d < 3; ++d) {
+      const NaAxis& a = p.axis[d];
+      const NaAxis& b = axis_[d];
+      if (a.size != b.size || a.kernel != b.kernel || a.stride != b.stride ||
+          a.dilation != b.dilation || a.causal != b.causal || plan.vb[d] != plan_.vb[d] ||
+          plan.qa[d] != plan_.qa[d] || plan.kt[d] != plan_.kt[d] || plan.ko[d] != plan_.ko[d])
+        return false;
+    }
+    return true;
+  }
 
   // Start coordinate of kv tile j on axis d (j == nkt gives ng).
   int64_t tile_start(const Group& g, int d, int64_t j) const {
