@@ -35,7 +35,6 @@
 namespace attnkit::cpu {
 
 constexpr int kQVecs = kQ / kLanes;  // query vectors per tile
-constexpr uint32_t kAllQVecBits = (1u << kQVecs) - 1;
 
 // How a call is tiled (see the top of this file). Spatial axes are right-aligned:
 // a 1-D problem uses axis 2 only, 2-D axes 1 and 2; the others have size 1.
@@ -368,7 +367,7 @@ class NaSchedule {
         run_full = run_full && full;
         return;
       }
-      if (run_k0 >= 0) f(run_k0, run_k1, run_full && run_bits == kAllQVecBits);
+      if (run_k0 >= 0) f(run_k0, run_k1, run_full, QueryVectors{run_bits});
       run_k0 = k0;
       run_k1 = k1;
       run_bits = bits;
@@ -409,7 +408,7 @@ class NaSchedule {
           if (bits) emit(geo_.kv_index(g, j0, j1, a), geo_.kv_index(g, j0, j1, e), bits, full);
         }
       }
-    if (run_k0 >= 0) f(run_k0, run_k1, run_full && run_bits == kAllQVecBits);
+    if (run_k0 >= 0) f(run_k0, run_k1, run_full, QueryVectors{run_bits});
   }
 
   void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S) const {
