@@ -371,3 +371,25 @@ def _random_case(seed):
     grads = attnkit.neighborhood_attention_backward(do, q, k, v, out, lse, tuple(ks), **kw, **extra)
     for got, exp in zip(grads, ref.neighborhood_attention_grad(do, q, k, v, tuple(ks), **kw, **extra)):
         assert rel_err(got, exp) < GRAD_TOL["float32"]
+
+
+@pytest.mark.parametrize("isa", ["amx", "avx512", "avx2", "generic"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_isa_is_exact(rng, isa, dtype):
+    # bfloat16 inputs take the AMX math policy where the CPU has AMX, fp32 FMA otherwise.
+    if isa not in attnkit.build_info()["cpu_isas"]:
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    q, k, v, extra = _inputs(rng, 1, (13, 14), 4, 2, 40, 24, dtype, n_extra=5)
+    kw = dict(stride=(2, 1), dilation=(1, 2), is_causal=(False, True), **extra)
+    try:
+        attnkit.set_cpu_isa(isa)
+        out, lse = attnkit.na2d(q, k, v, (5, 4), return_lse=True, **kw)
+        do = randn(rng, out.shape, dtype)
+        grads = attnkit.neighborhood_attention_backward(do, q, k, v, out, lse, (5, 4), **kw)
+    finally:
+        attnkit.set_cpu_isa("")
+    ro, rl = ref.neighborhood_attention(q, k, v, (5, 4), **kw)
+    assert rel_err(out, ro) < TOL[dtype]
+    assert rel_err(lse, rl) < TOL["float32"] * (1 if dtype == "float32" else 20)
+    for got, exp in zip(grads, ref.neighborhood_attention_grad(do, q, k, v, (5, 4), **kw)):
+        assert rel_err(got, exp) < GRAD_TOL[dtype]
