@@ -19,6 +19,7 @@ from ._fmha import (
     merge_attentions,
     set_num_threads,
 )
+from ._gna import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_backward
 
 __version__ = _core.build_info()["version"]
 
@@ -27,6 +28,11 @@ __all__ = [
     "attention",
     "attention_backward",
     "merge_attentions",
+    "neighborhood_attention",
+    "neighborhood_attention_backward",
+    "na1d",
+    "na2d",
+    "na3d",
     "set_num_threads",
     "get_num_threads",
     "set_cpu_isa",

@@ -74,3 +74,5 @@ BuildInfo build_info();
 void set_cpu_isa(const std::string& name);
 
 }  // namespace attnkit
+
+#include "attnkit/gna.hpp"  // neighborhood attention (needs the declarations above)

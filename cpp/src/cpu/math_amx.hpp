@@ -99,10 +99,16 @@ class AmxMath {
     K_.transpose32(Qrows, ldk32_ / 2, kQ, ldk32_ / 2, QTv, kQ);
   }
 
-  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST) const {
+  // Active query vectors (bits) are column runs of 16: of Q^T VNNI (2 halves per
+  // query) and of the fp32 tiles.
+  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST,
+              uint32_t bits = kAllQueryVectors) const {
     const uint16_t* QTv = reinterpret_cast<const uint16_t*>(ws);
     const uint16_t* k = detail::u16c(kb_) + (rows.base[kvp] + c0) * ldk32_;
-    B_.tile_gemm(nk, kQ, ldk32_, k, ldk32_, QTv, 2 * kQ, ST, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldk32_, k, ldk32_, QTv + 2 * kLanes * v0, 2 * kQ,
+                   ST + kLanes * v0, kQ, false);
+    });
   }
 
   void finish_scores(float* ST, int64_t nk, float* cap_grad) const {
@@ -114,9 +120,13 @@ class AmxMath {
     return B_.softmax_step_vnni(ST, nk, c_, m, l, alpha, fwd_pv(ws));
   }
 
-  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
+  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT,
+          uint32_t bits = kAllQueryVectors) const {
     const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
-    B_.tile_gemm_ks(dv16_, kQ, nk, vt, 32, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(dv16_, (v1 - v0) * kLanes, nk, vt, 32, 32 * dv16_,
+                      fwd_pv(ws) + 2 * kLanes * v0, 2 * kQ, OT + kLanes * v0, kQ, true);
+    });
   }
 
   // ---------------------------------------------------------------- backward
@@ -144,15 +154,24 @@ class AmxMath {
 
   void grad_step(int64_t kvp, int64_t c0, int64_t nk, int, float* ST, float* dPT,
                  const float* cap_grad, const float* lse2, const float* delta, float* dKacc,
-                 float* dVacc, float* ws) const {
+                 float* dVacc, float* ws, uint32_t bits = kAllQueryVectors) const {
     Bwd b = bwd_split(ws);
     const uint16_t* vrow = detail::u16c(vb_) + (rows.base[kvp] + c0) * ldv32_;
-    B_.tile_gemm(nk, kQ, ldv32_, vrow, ldv32_, b.dOTv, 2 * kQ, dPT, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldv32_, vrow, ldv32_, b.dOTv + 2 * kLanes * v0, 2 * kQ,
+                   dPT + kLanes * v0, kQ, false);
+    });
+    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
+    // dV and dK contract over the queries (K = 64 in steps of 32): inactive lanes
+    // hold P = dS = 0 and add nothing.
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
     const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
-    B_.tile_gemm_ks(d16_, kQ, nk, kt, 32, 32 * d16_, b.dSv, 2 * kQ, b.dQT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(d16_, (v1 - v0) * kLanes, nk, kt, 32, 32 * d16_, b.dSv + 2 * kLanes * v0,
+                      2 * kQ, b.dQT + kLanes * v0, kQ, true);
+    });
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
