@@ -35,6 +35,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "engine_types.hpp"
@@ -58,28 +60,129 @@ std::vector<std::pair<int64_t, int64_t>> q_work_items(const Sched& s) {
   return items;
 }
 
-// Walks the key chunks a q tile visits: the schedule's ranges [k0, k1), widened
-// to multiples of Math::kAlign and cut into chunks of at most `chunk` keys.
-// f(c0, nk, k0, k1, full, bits) gets the chunk [c0, c0 + nk), its range and the
-// query vectors it reaches; after score(), apply_masks() masks the widened keys
-// and the schedule's elements.
-template <class Math, class Sched, class F>
-void for_each_chunk(const Sched& s, const ProblemRef& P, int64_t t, int64_t chunk, F&& f) {
+// The key ranges of q tile t in the schedule's order (empty ones and ranges no
+// query vector sees dropped).
+template <class Sched>
+void collect_ranges(const Sched& s, const ProblemRef& P, int64_t t, std::vector<KvRange>& R) {
+  R.clear();
   s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full, auto... qv) {
     const uint32_t bits = active_vectors(qv...);
-    if (bits == 0) return;
-    const int64_t a0 = k0 / Math::kAlign * Math::kAlign, a1 = round_up(k1, Math::kAlign);
-    for (int64_t c0 = a0; c0 < a1; c0 += chunk) f(c0, std::min(chunk, a1 - c0), k0, k1, full, bits);
+    if (bits != 0 && k1 > k0) R.push_back({k0, k1, bits, full});
   });
 }
 
+// Walks the key chunks of ranges R: each range [k0, k1), widened as the policy
+// needs (math.chunk_start, math.chunk_keys), cut into chunks of at most `chunk`
+// keys. f(c0, nk, k0, k1, full, bits) gets the chunk [c0, c0 + nk), its range and
+// the query vectors it reaches; after score(), apply_masks() masks the widened
+// keys and the schedule's elements.
+template <class Math, class F>
+void for_each_chunk(const Math& math, const std::vector<KvRange>& R, int64_t chunk, F&& f) {
+  for (const KvRange& r : R) {
+    const int64_t a0 = math.chunk_start(r.k0), a1 = a0 + math.chunk_keys(r.k1 - a0);
+    for (int64_t c0 = a0; c0 < a1; c0 += chunk) f(c0, std::min(chunk, a1 - c0), r.k0, r.k1, r.full, r.bits);
+  }
+}
+
+// The key chunks query vector v visits on its own: its ranges in R (contiguous
+// ones merged into one segment), each widened as the policy needs, packed into
+// chunks of at most `chunk` score rows. f(pieces, count, rows) per chunk.
+template <class Math, class F>
+void for_each_vector_chunk(const Math& math, const std::vector<KvRange>& R, int v, int64_t chunk,
+                           F&& f) {
+  ChunkPiece pc[kMaxPieces];
+  int np = 0;
+  int64_t rows = 0;
+  auto flush = [&] {
+    if (np) f(static_cast<const ChunkPiece*>(pc), np, rows);
+    np = 0;
+    rows = 0;
+  };
+  auto add_segment = [&](int64_t k0, int64_t k1, bool full) {
+    const int64_t a0 = math.chunk_start(k0), a1 = a0 + math.chunk_keys(k1 - a0);
+    for (int64_t c0 = a0; c0 < a1; c0 += chunk) {
+      const int64_t nk = std::min(chunk, a1 - c0);
+      if (rows + nk > chunk || np == kMaxPieces) flush();
+      pc[np++] = {c0, nk, k0, k1, rows, full};
+      rows += nk;
+    }
+  };
+  int64_t s0 = -1, s1 = -1;
+  bool sfull = true;
+  for (const KvRange& r : R) {
+    if (!((r.bits >> v) & 1u)) continue;
+    if (r.k0 == s1) {
+      s1 = r.k1;
+      sfull = sfull && r.full;
+      continue;
+    }
+    if (s0 >= 0) add_segment(s0, s1, sfull);
+    s0 = r.k0;
+    s1 = r.k1;
+    sfull = r.full;
+  }
+  if (s0 >= 0) add_segment(s0, s1, sfull);
+  flush();
+}
+
+// Schedules may offer mask(P, t, k0, nk, S, QueryVectors): the same, for the
+// lanes of the given vectors only (the others may be left as they are).
+template <class S, class = void>
+struct has_vector_mask : std::false_type {};
+template <class S>
+struct has_vector_mask<S, std::void_t<decltype(std::declval<const S&>().mask(
+                              std::declval<const ProblemRef&>(), int64_t(), int64_t(), int64_t(),
+                              static_cast<float*>(nullptr), QueryVectors{}))>> : std::true_type {};
+
+// Masks chunk [c0, c0 + nk) of range [k0, k1): keys outside the range (widening)
+// entirely, the range's keys through the schedule unless it is full. Lanes of
+// vectors outside `bits` may be left as they are.
 template <class Sched>
 void apply_masks(const Sched& s, const ProblemRef& P, int64_t t, int64_t c0, int64_t nk,
-                 int64_t k0, int64_t k1, bool full, float* ST) {
+                 int64_t k0, int64_t k1, bool full, float* ST, uint32_t bits = kAllQueryVectors) {
   const int64_t lo = std::max(c0, k0), hi = std::min(c0 + nk, k1);
-  for (int64_t j = c0; j < lo; ++j) std::fill(ST + (j - c0) * kQ, ST + (j - c0 + 1) * kQ, -INFINITY);
-  for (int64_t j = hi; j < c0 + nk; ++j) std::fill(ST + (j - c0) * kQ, ST + (j - c0 + 1) * kQ, -INFINITY);
-  if (!full && hi > lo) s.mask(P, t, lo, hi - lo, ST + (lo - c0) * kQ);
+  if (lo > c0) fill_vectors(ST, lo - c0, bits, -INFINITY);
+  if (c0 + nk > hi) fill_vectors(ST + (hi - c0) * kQ, c0 + nk - hi, bits, -INFINITY);
+  if (full || hi <= lo) return;
+  if constexpr (has_vector_mask<Sched>::value)
+    s.mask(P, t, lo, hi - lo, ST + (lo - c0) * kQ, QueryVectors{bits});
+  else
+    s.mask(P, t, lo, hi - lo, ST + (lo - c0) * kQ);
+}
+
+// Whether a tile's query vectors are walked one at a time (vector passes) rather
+// than together. Together, a range costs every vector it reaches its widened
+// length (chunk_keys) and the vectors share each key row the GEMMs load; when
+// the vectors reach different keys (neighborhood attention) the ranges become
+// short and many, and the widening adds up. On its own, a vector's contiguous
+// ranges merge into few long segments. The walk that computes fewer score rows
+// wins; the shared one needs 10% fewer to be kept (its key rows serve several
+// vectors).
+template <class Math>
+bool vector_passes(const Math& math, const std::vector<KvRange>& R) {
+  uint32_t all = kAllQueryVectors;
+  int64_t shared = 0;
+  for (const KvRange& r : R) {
+    all &= r.bits;
+    shared += math.chunk_keys(r.k1 - math.chunk_start(r.k0)) * __builtin_popcount(r.bits);
+  }
+  if (all == kAllQueryVectors) return false;
+  int64_t own = 0;
+  for (int v = 0; v < kQ / kLanes; ++v) {
+    int64_t s0 = -1, s1 = -1;
+    for (const KvRange& r : R) {
+      if (!((r.bits >> v) & 1u)) continue;
+      if (r.k0 == s1) {
+        s1 = r.k1;
+        continue;
+      }
+      if (s0 >= 0) own += math.chunk_keys(s1 - math.chunk_start(s0));
+      s0 = r.k0;
+      s1 = r.k1;
+    }
+    if (s0 >= 0) own += math.chunk_keys(s1 - math.chunk_start(s0));
+  }
+  return own * 10 < shared * 9;
 }
 
 template <class Math, class Sched>
@@ -92,6 +195,7 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
   const int64_t st_rows = std::max(nkt, round_up(Dv, kLanes));  // ST also holds the output rows
   const int64_t per_thread = own + orows * kQ + st_rows * kQ + 3 * kQ + kLanes;
   FloatBuffer scratch(per_thread * threads);
+  std::vector<std::vector<KvRange>> ranges(threads);
 
   parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
     float* ws = scratch.get() + per_thread * thread_index();  // the policy's scratch
@@ -100,6 +204,7 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     float* m = ST + st_rows * kQ;    // running max (log2 domain)
     float* l = m + kQ;               // running sum
     float* alpha = l + kQ;
+    std::vector<KvRange>& R = ranges[thread_index()];
 
     const ProblemRef P = s.problem(items[it].first);
     const int64_t t = items[it].second;
@@ -111,15 +216,32 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     std::fill(OT, OT + orows * kQ, 0.f);
     std::fill(m, m + kQ, -INFINITY);
     std::fill(l, l + kQ, 0.f);
-    for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
-                                           uint32_t bits) {
-      math.scores(P.kvp, c0, nk, ws, ST, bits);
-      math.finish_scores(ST, nk, nullptr);
-      if (bits != kAllQueryVectors) fill_vectors(ST, nk, ~bits & kAllQueryVectors, -INFINITY);
-      apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
-      if (math.softmax(ST, nk, m, l, alpha, ws)) K.scale_rows(OT, orows, alpha);
-      math.pv(P.kvp, c0, nk, ST, ws, OT, bits);
-    });
+    collect_ranges(s, P, t, R);
+    if (!vector_passes(math, R)) {
+      for_each_chunk(math, R, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
+                                       uint32_t bits) {
+        // Lanes of vectors outside `bits` keep stale values: every step below skips them.
+        math.scores(P.kvp, c0, nk, ws, ST, bits);
+        math.finish_scores(ST, nk, nullptr);
+        apply_masks(s, P, t, c0, nk, k0, k1, full, ST, bits);
+        for_each_vector_run(bits, [&](int v0, int v1) {
+          if (math.softmax(ST, nk, m, l, alpha, ws, v0, v1)) K.scale_lanes(OT, orows, alpha, v0, v1);
+        });
+        math.pv(P.kvp, c0, nk, ST, ws, OT, bits);
+      });
+    } else {
+      for (int v = 0; v < kQ / kLanes; ++v) {
+        const uint32_t vb = 1u << v;
+        for_each_vector_chunk(math, R, v, nkt, [&](const ChunkPiece* pc, int np, int64_t rows) {
+          math.scores_pieces(P.kvp, pc, np, ws, ST, v);
+          math.finish_scores(ST, rows, nullptr);
+          for (int i = 0; i < np; ++i)
+            apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ, vb);
+          if (math.softmax(ST, rows, m, l, alpha, ws, v, v + 1)) K.scale_lanes(OT, orows, alpha, v, v + 1);
+          math.pv_pieces(P.kvp, pc, np, ST, ws, OT, v);
+        });
+      }
+    }
     math.end();
 
     // out_i = O_i / l_i; a row that saw no key has l == 0: output 0 and lse -inf, never NaN.
@@ -178,6 +300,7 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
   const int64_t dmax = std::max(D, Dv);
   const int64_t per_thread = own + 3 * nkt * kQ + 2 * kQ + 2 * dmax + kLanes + acc_local;
   FloatBuffer scratch(per_thread * threads);
+  std::vector<std::vector<KvRange>> ranges(threads);
 
   parallel_for(nkp * chunks, threads, [&](int64_t unit) {
     const int64_t kp = unit / chunks, c = unit % chunks;
@@ -194,6 +317,7 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
     float* lse2 = CG + nkt * kQ;
     float* delta = lse2 + kQ;
     float* row = delta + kQ;        // two rows of max(D, Dv) floats
+    std::vector<KvRange>& R = ranges[thread_index()];
     float* dKacc;
     float* dVacc;
     if (chunks > 1) {
@@ -234,8 +358,9 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
         lse2[i] = lse == -INFINITY ? INFINITY : lse * kLog2e;
       }
 
-      for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1,
-                                             bool full, uint32_t bits) {
+      collect_ranges(s, P, t, R);
+      for_each_chunk(math, R, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
+                                       uint32_t bits) {
         math.scores(P.kvp, c0, nk, math.bwd_qt(ws), ST, bits);
         float* cg = a.softcap > 0 ? CG : nullptr;
         math.finish_scores(ST, nk, cg);

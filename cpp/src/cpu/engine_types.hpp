@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../problem.hpp"
@@ -89,7 +90,31 @@ struct QueryVectors {
   uint32_t bits = kAllQueryVectors;
 };
 
+// A schedule whose key ranges mostly start on multiples of 16 keys (rather than
+// of 32, the AMX tile depth) declares `static constexpr bool kKeyRanges16 = true;`:
+// the AMX policy then starts chunks on multiples of 16 (it keeps a second copy of
+// V^T / K^T shifted by 16 keys) instead of widening each range to 32-aligned keys.
+template <class S, class = void>
+struct key_ranges_16 : std::false_type {};
+template <class S>
+struct key_ranges_16<S, std::void_t<decltype(S::kKeyRanges16)>> : std::bool_constant<S::kKeyRanges16> {};
+
 namespace detail {
+// One key range handed out by a schedule's for_each_kv_tile.
+struct KvRange {
+  int64_t k0, k1;
+  uint32_t bits;
+  bool full;
+};
+
+// A piece of a multi-segment chunk of one query vector: keys [c0, c0 + nk) of
+// the segment [k0, k1), stored from score row `row` on (rows of the pieces of a
+// chunk follow each other).
+struct ChunkPiece {
+  int64_t c0, nk, k0, k1, row;
+  bool full;
+};
+constexpr int kMaxPieces = 32;
 
 inline uint32_t active_vectors() { return kAllQueryVectors; }
 inline uint32_t active_vectors(QueryVectors qv) { return qv.bits & kAllQueryVectors; }
@@ -112,10 +137,9 @@ void for_each_vector_run(uint32_t bits, F&& f) {
 
 // Sets the lanes of the vectors in `which` to `value` in a tile [nk][kQ].
 inline void fill_vectors(float* S, int64_t nk, uint32_t which, float value) {
-  for (int v = 0; v < kQ / kLanes; ++v)
-    if ((which >> v) & 1u)
-      for (int64_t j = 0; j < nk; ++j)
-        std::fill(S + j * kQ + v * kLanes, S + j * kQ + (v + 1) * kLanes, value);
+  for_each_vector_run(which, [&](int v0, int v1) {
+    for (int64_t j = 0; j < nk; ++j) std::fill(S + j * kQ + v0 * kLanes, S + j * kQ + v1 * kLanes, value);
+  });
 }
 
 }  // namespace detail

@@ -47,8 +47,10 @@ struct Bf16Kernels {
   // trail the true running max by up to 8 (probabilities <= 256); it moves, and
   // alpha != 1 is returned, only when scores exceed it by more. Writes P^T as bf16 VNNI
   // (pairs of keys interleaved): P[(j/2)*2*kQ + 2*i + j%2] = p(key j, query i).
+  // Only the query vectors [v0, v1) are read and written (as softmax_step),
+  // and the return value says whether O must be rescaled.
   bool (*softmax_step_vnni)(const float* S, int64_t nk, float c, float* m, float* l,
-                            float* alpha, uint16_t* P);
+                            float* alpha, uint16_t* P, int v0, int v1);
   // Backward element-wise step like KernelTable::softmax_grad on raw scores
   // (log2 domain S * c): P = exp2(S*c - lse2), dS = P * (dP - delta) * ds_scale
   // (* cap_grad). Writes P^T and dS^T as bf16 rows [nk][kQ], and dS^T as bf16
@@ -56,6 +58,19 @@ struct Bf16Kernels {
   void (*softmax_grad_bf16)(const float* S, const float* dP, int64_t nk, float c,
                             const float* lse2, const float* delta, float ds_scale,
                             const float* cap_grad, uint16_t* P, uint16_t* dS, uint16_t* dS_vnni);
+
+  // Gather GEMMs for one 16-column block (a query vector), A from several places.
+  // tile_gemm_gather_m: C rows [r, r + M_i) = A_i[M_i x K] x B[K x 16] for pieces
+  // i = 0 .. np-1, r = M_0 + .. + M_{i-1}; M_i multiples of 16, K of 32, A_i rows
+  // lda apart, B VNNI.
+  void (*tile_gemm_gather_m)(int np, const uint16_t* const* A, const int64_t* M, int64_t lda,
+                             int64_t K, const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
+  // tile_gemm_gather_k: C[M x 16] (+)= sum_i A_i[M x K_i] x B_i, A_i in 32-wide k
+  // slices a_ks apart (as tile_gemm_ks), B_i = the next K_i / 2 VNNI rows of B;
+  // M a multiple of 16, K_i of 32. C stays in tile registers over the pieces.
+  void (*tile_gemm_gather_k)(int64_t M, int np, const uint16_t* const* A, const int64_t* K,
+                             int64_t lda, int64_t a_ks, const uint16_t* B, int64_t ldb, float* C,
+                             int64_t ldc, bool accumulate);
 };
 
 struct KernelTable {
@@ -67,10 +82,12 @@ struct KernelTable {
                const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
   // Forward online-softmax step on a score tile S^T[nk][kQ] (log2 domain, masked
-  // entries -inf). Updates the running (reference) max m[kQ] -- it may trail the
-  // true max by up to 8 -- and sum l[kQ], overwrites S with P^T, writes the
-  // rescale factors alpha[kQ]; returns true if any alpha != 1.
-  bool (*softmax_step)(float* S, int64_t nk, float* m, float* l, float* alpha);
+  // entries -inf), on the query vectors [v0, v1) (lanes [16 v0, 16 v1); the
+  // others are neither read nor written). Updates the running (reference) max
+  // m[kQ] -- it may trail the true max by up to 8 -- and sum l[kQ], overwrites S
+  // with P^T, writes the rescale factors alpha[kQ]; returns true if O must be
+  // rescaled: some lane that had seen a key before (finite m) has alpha != 1.
+  bool (*softmax_step)(float* S, int64_t nk, float* m, float* l, float* alpha, int v0, int v1);
 
   // Backward element-wise step: P = exp2(S - lse2) into S, and
   // dS = P * (dP - delta) * ds_scale into dP. Tiles are [nk][kQ].
@@ -99,6 +116,14 @@ struct KernelTable {
 
   // bf16 inputs run on these when the ISA has a bf16 matrix unit; else null.
   const Bf16Kernels* bf16 = nullptr;
+
+  // X[r][16 v0 .. 16 v1) *= alpha[16 v0 .. 16 v1) for rows kQ floats apart: the
+  // rescale of the O^T lanes of some query vectors.
+  void (*scale_lanes)(float* X, int64_t rows, const float* alpha, int v0, int v1);
+
+  // Row i of dst (dst_bytes apart) = the `bytes` bytes at src[i], zero-filled up
+  // to dst_bytes: packing rows gathered in a schedule's key order.
+  void (*gather_rows)(const void* const* src, int64_t n, int64_t bytes, void* dst, int64_t dst_bytes);
 };
 
 // ---- bf16 GEMM primitive for every family (engine-independent) ----

@@ -11,6 +11,7 @@
 #define AK_TABLE_FN kernel_table_amx_fp32
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -107,6 +108,115 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, 
   tile_gemm_ks(M, N, K, A, lda, 32, B, ldb, C, ldc, accumulate);
 }
 
+// ---- gather GEMMs for one 16-column block of B and C (a query vector) ----
+// Operand tiles alternate between two registers: a tile load into a register
+// that an earlier TDPBF16PS still reads waits for it (no renaming), measured
+// ~2x slower than alternating.
+
+// The tile intrinsics take register numbers as literals (they are pasted into
+// the instruction), so the register variants below are spelled out by macros.
+
+// One 16 x 16 block of C = A[16 x K] x B[K x 16] in C register CT. With B
+// resident (K <= 64) it sits in registers 6 and 7; else it is loaded per step.
+#define AK_GATHER_M_BLOCK(CT)                              \
+  _tile_zero(CT);                                          \
+  for (int64_t k0 = 0; k0 < K; k0 += 64) {                 \
+    _tile_loadd(4, a + k0, sa);                            \
+    if (!resident) _tile_loadd(6, B + (k0 / 2) * ldb, sb); \
+    _tile_dpbf16ps(CT, 4, 6);                              \
+    if (k0 + 32 < K) {                                     \
+      _tile_loadd(5, a + k0 + 32, sa);                     \
+      if (!resident) _tile_loadd(7, B + (k0 / 2 + 16) * ldb, sb); \
+      _tile_dpbf16ps(CT, 5, 7);                            \
+    }                                                      \
+  }                                                        \
+  _tile_stored(CT, c, sc);
+
+// For each piece i and each 16-row block t of it: C rows [r, r + 16) =
+// A_i rows [16 t, 16 t + 16) (lda apart) x B[K x 16], r counting on over the
+// pieces. C blocks alternate between two registers, so that the next block's
+// products need not wait for the store of the previous one.
+void tile_gemm_gather_m(int np, const uint16_t* const* A, const int64_t* M, int64_t lda, int64_t K,
+                        const uint16_t* B, int64_t ldb, float* C, int64_t ldc) {
+  const int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
+  const bool resident = K <= 64;
+  if (resident) {
+    _tile_loadd(6, B, sb);
+    if (K > 32) _tile_loadd(7, B + 16 * ldb, sb);
+  }
+  int64_t row = 0;
+  for (int i = 0; i < np; ++i)
+    for (int64_t t = 0; t < M[i]; t += 16, row += 16) {
+      const uint16_t* a = A[i] + t * lda;
+      float* c = C + row * ldc;
+      if ((row / 16) % 2 == 0) {
+        AK_GATHER_M_BLOCK(0)
+      } else {
+        AK_GATHER_M_BLOCK(1)
+      }
+    }
+}
+#undef AK_GATHER_M_BLOCK
+
+// One 32-deep step of up to four 16 x 16 blocks of C (registers 0-3): B in
+// register BT, the A blocks alternating between registers 4 and 5.
+#define AK_GATHER_K_STEP(BT)            \
+  _tile_loadd(BT, b, sb);               \
+  _tile_loadd(4, a, sa);                \
+  _tile_dpbf16ps(0, 4, BT);             \
+  if (mt > 1) {                         \
+    _tile_loadd(5, a + 16 * lda, sa);   \
+    _tile_dpbf16ps(1, 5, BT);           \
+  }                                     \
+  if (mt > 2) {                         \
+    _tile_loadd(4, a + 32 * lda, sa);   \
+    _tile_dpbf16ps(2, 4, BT);           \
+  }                                     \
+  if (mt > 3) {                         \
+    _tile_loadd(5, a + 48 * lda, sa);   \
+    _tile_dpbf16ps(3, 5, BT);           \
+  }
+
+// C[M x 16] (+)= sum over pieces i of A_i[M x K_i] x B_i, A_i stored in 32-wide k
+// slices a_ks apart (like tile_gemm_ks), B_i the next K_i / 2 VNNI rows of B.
+// Up to four 16-row blocks of C stay in tile registers over all pieces.
+void tile_gemm_gather_k(int64_t M, int np, const uint16_t* const* A, const int64_t* K, int64_t lda,
+                        int64_t a_ks, const uint16_t* B, int64_t ldb, float* C, int64_t ldc,
+                        bool accumulate) {
+  const int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
+  for (int64_t m0 = 0; m0 < M; m0 += 64) {
+    const int mt = static_cast<int>(std::min<int64_t>(4, (M - m0) / 16));
+    float* c = C + m0 * ldc;
+    if (accumulate) {
+      _tile_loadd(0, c, sc);
+      if (mt > 1) _tile_loadd(1, c + 16 * ldc, sc);
+      if (mt > 2) _tile_loadd(2, c + 32 * ldc, sc);
+      if (mt > 3) _tile_loadd(3, c + 48 * ldc, sc);
+    } else {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    const uint16_t* b = B;
+    int step = 0;
+    for (int i = 0; i < np; ++i)
+      for (int64_t k0 = 0; k0 < K[i]; k0 += 32, b += 16 * ldb, ++step) {
+        const uint16_t* a = A[i] + (k0 / 32) * a_ks + m0 * lda;
+        if (step % 2 == 0) {
+          AK_GATHER_K_STEP(6)
+        } else {
+          AK_GATHER_K_STEP(7)
+        }
+      }
+    _tile_stored(0, c, sc);
+    if (mt > 1) _tile_stored(1, c + 16 * ldc, sc);
+    if (mt > 2) _tile_stored(2, c + 32 * ldc, sc);
+    if (mt > 3) _tile_stored(3, c + 48 * ldc, sc);
+  }
+}
+#undef AK_GATHER_K_STEP
+
 // 2^x for the bf16 path, where probabilities are rounded to 8 bits anyway:
 // degree-4 polynomial on the rounded split x = n + f (relative error 2.6e-6,
 // fitted here for |f| <= 1/2) and VSCALEFPS for the 2^n. x < -125 (masked -inf
@@ -149,23 +259,26 @@ inline __m512i interleave_index() {
 // chunks then need neither a separate max pass nor a rescale of O.
 constexpr float kSlack = 8.f;
 
-bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
-                       uint16_t* P) {
+// The step on the lanes [0, 16 * NV) (pointers offset by the caller; rows of S
+// are kQ floats apart, rows of P 2 * kQ halves).
+template <int NV>
+bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
+                         uint16_t* P) {
   const __m512i ilv = interleave_index();
-  vf ref[kQV], sum[kQV];
+  vf ref[NV], sum[NV];
   bool all_finite = true;
-  for (int v = 0; v < kQV; ++v) {
+  for (int v = 0; v < NV; ++v) {
     ref[v] = loadu(m + 16 * v);
     vi fin = ref[v] != splat(-INFINITY);
     for (int i = 0; i < 16; ++i) all_finite &= fin[i] != 0;
   }
   if (all_finite) {
     // One pass against the current reference max, watching the chunk's max.
-    vf mx[kQV];
-    for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY), sum[v] = splat(0.f);
+    vf mx[NV];
+    for (int v = 0; v < NV; ++v) mx[v] = splat(-INFINITY), sum[v] = splat(0.f);
     for (int64_t j = 0; j < nk; j += 2) {
       uint16_t* row = P + (j / 2) * 2 * kQ;
-      for (int v = 0; v < kQV; ++v) {
+      for (int v = 0; v < NV; ++v) {
         const vf s0 = loadu(S + j * kQ + 16 * v) * c, s1 = loadu(S + (j + 1) * kQ + 16 * v) * c;
         mx[v] = vmax(mx[v], vmax(s0, s1));
         const vf p0 = exp2_bf16(s0 - ref[v]), p1 = exp2_bf16(s1 - ref[v]);
@@ -174,12 +287,12 @@ bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, 
       }
     }
     bool ok = true;
-    for (int v = 0; v < kQV; ++v) {
+    for (int v = 0; v < NV; ++v) {
       vi big = mx[v] > ref[v] + kSlack;
       for (int i = 0; i < 16; ++i) ok &= big[i] == 0;
     }
     if (ok) {
-      for (int v = 0; v < kQV; ++v) {
+      for (int v = 0; v < NV; ++v) {
         storeu(l + 16 * v, loadu(l + 16 * v) + sum[v]);
         storeu(alpha + 16 * v, splat(1.f));
       }
@@ -187,13 +300,13 @@ bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, 
     }
   }
   // Two passes: the chunk's max first, then the probabilities against it.
-  vf mx[kQV];
-  for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY);
+  vf mx[NV];
+  for (int v = 0; v < NV; ++v) mx[v] = splat(-INFINITY);
   for (int64_t j = 0; j < nk; ++j)
-    for (int v = 0; v < kQV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
-  vf use[kQV];
+    for (int v = 0; v < NV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
+  vf use[NV];
   bool rescale = false;
-  for (int v = 0; v < kQV; ++v) {
+  for (int v = 0; v < NV; ++v) {
     const vf old = loadu(m + 16 * v);
     const vf mnew = vmax(old, mx[v] * c);
     // A row that has seen only masked keys keeps max -inf; subtract 0 instead.
@@ -201,22 +314,35 @@ bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, 
     const vf a = exp2v(old - use[v]);
     storeu(alpha + 16 * v, a);
     storeu(m + 16 * v, mnew);
-    vi ne = a != splat(1.f);
+    // Rows that had seen no key (old max -inf) have l = 0 and O = 0: no rescale.
+    vi ne = (a != splat(1.f)) & (old != splat(-INFINITY));
     for (int i = 0; i < 16; ++i) rescale |= ne[i] != 0;
     sum[v] = splat(0.f);
   }
   for (int64_t j = 0; j < nk; j += 2) {
     uint16_t* row = P + (j / 2) * 2 * kQ;
-    for (int v = 0; v < kQV; ++v) {
+    for (int v = 0; v < NV; ++v) {
       const vf p0 = exp2_bf16(loadu(S + j * kQ + 16 * v) * c - use[v]);
       const vf p1 = exp2_bf16(loadu(S + (j + 1) * kQ + 16 * v) * c - use[v]);
       sum[v] += p0 + p1;
       _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
     }
   }
-  for (int v = 0; v < kQV; ++v)
+  for (int v = 0; v < NV; ++v)
     storeu(l + 16 * v, loadu(l + 16 * v) * loadu(alpha + 16 * v) + sum[v]);
   return rescale;
+}
+
+bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
+                       uint16_t* P, int v0, int v1) {
+  const int o = 16 * v0;
+  switch (v1 - v0) {
+    case 4: return softmax_step_vnni_n<4>(S + o, nk, c, m + o, l + o, alpha + o, P + 2 * o);
+    case 3: return softmax_step_vnni_n<3>(S + o, nk, c, m + o, l + o, alpha + o, P + 2 * o);
+    case 2: return softmax_step_vnni_n<2>(S + o, nk, c, m + o, l + o, alpha + o, P + 2 * o);
+    case 1: return softmax_step_vnni_n<1>(S + o, nk, c, m + o, l + o, alpha + o, P + 2 * o);
+    default: return false;
+  }
 }
 
 void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, const float* lse2,
@@ -250,8 +376,8 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
   }
 }
 
-const Bf16Kernels kBf16{tiles_begin,       tiles_end,        tile_gemm, tile_gemm_ks,
-                        softmax_step_vnni, softmax_grad_bf16};
+const Bf16Kernels kBf16{tiles_begin,       tiles_end,         tile_gemm,          tile_gemm_ks,
+                        softmax_step_vnni, softmax_grad_bf16, tile_gemm_gather_m, tile_gemm_gather_k};
 
 }  // namespace
 }  // namespace attnkit::cpu::isa_amx

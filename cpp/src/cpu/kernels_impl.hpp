@@ -79,6 +79,8 @@ template <int NV>
 inline void micro_rows(int64_t mr, int64_t K, const float* A, int64_t sm, int64_t sk,
                        const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
   switch (mr) {
+    case 8: micro<8, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
+    case 7: micro<7, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
     case 6: micro<6, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
     case 5: micro<5, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
     case 4: micro<4, NV>(K, A, sm, sk, B, ldb, C, ldc, acc); break;
@@ -101,8 +103,12 @@ void gemm(int64_t M, int64_t NV, int64_t K, const float* A, int64_t sm, int64_t 
     const int64_t nv = NV - n0 < 4 ? NV - n0 : 4;
     const float* Bn = B + 16 * n0;
     float* Cn = C + 16 * n0;
-    for (int64_t m0 = 0; m0 < M; m0 += 6) {
-      const int64_t mr = M - m0 < 6 ? M - m0 : 6;
+    // Row blocks keep MR * nv accumulators in registers: 6 x 4 or 6 x 3 (24 / 18
+    // of 32 registers), and 8 rows for one or two vectors, where six rows would be
+    // too few independent FMA chains to cover the FMA latency.
+    const int64_t MR = nv <= 2 ? 8 : 6;
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+      const int64_t mr = M - m0 < MR ? M - m0 : MR;
       const float* Am = A + m0 * sm;
       float* Cm = Cn + m0 * ldc;
       switch (nv) {
@@ -115,43 +121,58 @@ void gemm(int64_t M, int64_t NV, int64_t K, const float* A, int64_t sm, int64_t 
   }
 }
 
-bool softmax_step(float* S, int64_t nk, float* m, float* l, float* alpha) {
-  vf mx[kQV];
-  for (int v = 0; v < kQV; ++v) mx[v] = splat(-INFINITY);
+// The online-softmax step on the lanes [0, 16 * NV) of rows kQ floats apart
+// (callers offset the pointers to their first vector).
+template <int NV>
+bool softmax_step_n(float* S, int64_t nk, float* m, float* l, float* alpha) {
+  vf mx[NV];
+  for (int v = 0; v < NV; ++v) mx[v] = splat(-INFINITY);
   for (int64_t j = 0; j < nk; ++j)
-    for (int v = 0; v < kQV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
-  vf use[kQV], sum[kQV];
+    for (int v = 0; v < NV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
+  vf use[NV], sum[NV];
   bool rescale = false;
   // Keep the reference max while the chunk's scores exceed it by at most 2^8
   // (probabilities <= 256): then O needs no rescale.
   bool keep = true;
-  for (int v = 0; v < kQV; ++v) {
+  for (int v = 0; v < NV; ++v) {
     vi ok = loadu(m + 16 * v) != splat(-INFINITY) & mx[v] <= loadu(m + 16 * v) + 8.f;
     for (int i = 0; i < 16; ++i) keep &= ok[i] != 0;
   }
-  for (int v = 0; v < kQV; ++v) {
+  for (int v = 0; v < NV; ++v) {
     vf old = loadu(m + 16 * v);
     vf mnew = keep ? old : vmax(old, mx[v]);
     // A row that has seen only masked keys keeps max -inf; subtract 0 instead
     // so that exp2(-inf - 0) = 0 rather than NaN.
     use[v] = mnew == splat(-INFINITY) ? splat(0.f) : mnew;
     vf a = exp2v(old - use[v]);
-    // Rows never touched before have old = -inf: alpha 0, and l, O are 0 anyway.
+    // Rows never touched before have old = -inf: alpha 0, and l, O are 0 anyway,
+    // so they ask for no rescale.
     storeu(alpha + 16 * v, a);
     storeu(m + 16 * v, mnew);
-    vi ne = a != splat(1.f);
+    vi ne = (a != splat(1.f)) & (old != splat(-INFINITY));
     for (int i = 0; i < 16; ++i) rescale |= ne[i] != 0;
     sum[v] = splat(0.f);
   }
   for (int64_t j = 0; j < nk; ++j)
-    for (int v = 0; v < kQV; ++v) {
+    for (int v = 0; v < NV; ++v) {
       vf p = exp2v(loadu(S + j * kQ + 16 * v) - use[v]);
       sum[v] += p;
       storeu(S + j * kQ + 16 * v, p);
     }
-  for (int v = 0; v < kQV; ++v)
+  for (int v = 0; v < NV; ++v)
     storeu(l + 16 * v, loadu(l + 16 * v) * loadu(alpha + 16 * v) + sum[v]);
   return rescale;
+}
+
+bool softmax_step(float* S, int64_t nk, float* m, float* l, float* alpha, int v0, int v1) {
+  const int o = 16 * v0;
+  switch (v1 - v0) {
+    case 4: return softmax_step_n<4>(S + o, nk, m + o, l + o, alpha + o);
+    case 3: return softmax_step_n<3>(S + o, nk, m + o, l + o, alpha + o);
+    case 2: return softmax_step_n<2>(S + o, nk, m + o, l + o, alpha + o);
+    case 1: return softmax_step_n<1>(S + o, nk, m + o, l + o, alpha + o);
+    default: return false;
+  }
 }
 
 void softmax_grad(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
@@ -193,6 +214,12 @@ void scale_rows(float* X, int64_t rows, const float* alpha) {
   for (int v = 0; v < kQV; ++v) a[v] = loadu(alpha + 16 * v);
   for (int64_t r = 0; r < rows; ++r)
     for (int v = 0; v < kQV; ++v) storeu(X + r * kQ + 16 * v, loadu(X + r * kQ + 16 * v) * a[v]);
+}
+
+// X[r][16 v0 .. 16 v1) *= alpha[16 v0 .. 16 v1), rows kQ floats apart.
+void scale_lanes(float* X, int64_t rows, const float* alpha, int v0, int v1) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int v = v0; v < v1; ++v) storeu(X + r * kQ + 16 * v, loadu(X + r * kQ + 16 * v) * loadu(alpha + 16 * v));
 }
 
 // ---------------------------------------------------------------- data movement
@@ -260,6 +287,24 @@ void interleave16(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out
   }
 }
 
+// dst row i (dst_bytes apart) = the `bytes` bytes at src[i], zero up to dst_bytes.
+// Source rows are prefetched a few rows ahead: they are gathered in an order the
+// hardware prefetchers do not follow.
+void gather_rows(const void* const* src, int64_t n, int64_t bytes, void* dst_, int64_t dst_bytes) {
+  constexpr int64_t kAhead = 6;
+  char* dst = static_cast<char*>(dst_);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n)
+      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(src[i + kAhead]) + o, 0, 3);
+    const char* s = static_cast<const char*>(src[i]);
+    char* d = dst + i * dst_bytes;
+    int64_t o = 0;
+    for (; o + 64 <= bytes; o += 64) storeu(reinterpret_cast<float*>(d + o), loadu(reinterpret_cast<const float*>(s + o)));
+    if (o < bytes) std::memcpy(d + o, s + o, bytes - o);
+    if (dst_bytes > bytes) std::memset(d + bytes, 0, dst_bytes - bytes);
+  }
+}
+
 // Row conversions, written as plain loops the compiler vectorises per ISA.
 void load_row(const void* src, attnkit::DType dtype, int64_t n, float* dst) {
   using attnkit::DType;
@@ -316,6 +361,7 @@ void store_row(const float* src, int64_t n, attnkit::DType dtype, void* dst) {
 const attnkit::cpu::KernelTable* AK_TABLE_FN() {
   static const attnkit::cpu::KernelTable table{AK_ISA_NAME, gemm,        softmax_step, softmax_grad,
                                                softcap,     scale_rows,  transpose32,  interleave16,
-                                               load_row,    store_row};
+                                               load_row,    store_row,   nullptr,      scale_lanes,
+                                               gather_rows};
   return &table;
 }

@@ -25,27 +25,19 @@ namespace detail {
 inline uint16_t* u16(FloatBuffer& b) { return reinterpret_cast<uint16_t*>(b.get()); }
 inline const uint16_t* u16c(const FloatBuffer& b) { return reinterpret_cast<const uint16_t*>(b.get()); }
 
-// n elements of any input dtype as bf16 bits (tmp: n floats of scratch).
-inline void row_to_bf16(const void* src, DType dt, int64_t n, uint16_t* dst, float* tmp) {
-  if (dt == DType::BFloat16) {
-    std::memcpy(dst, src, 2 * n);
-    return;
-  }
-  load_row(src, dt, n, tmp);
-  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(tmp[i]);
-}
-
 }  // namespace detail
 
 class AmxMath {
  public:
-  static constexpr int64_t kAlign = 32;
   KvRows rows;
 
   template <class Sched>
   AmxMath(const Sched& s, const EngineArgs& a, int threads, bool backward)
       : a_(a), K_(kernels()), B_(*kernels().bf16) {
-    rows.init(s, kAlign);
+    // Chunks start on multiples of 16 keys for schedules that ask for it (then 32
+    // zero rows per kv problem let a chunk run past its end), else of 32.
+    start16_ = key_ranges_16<Sched>::value;
+    rows.init(s, 32, start16_ ? 32 : 0);
     ldk32_ = round_up(a.dqk, 32);
     ldv32_ = round_up(a.dv, 32);
     d16_ = round_up(a.dqk, kLanes);
@@ -55,32 +47,37 @@ class AmxMath {
     alloc(kb_, R * ldk32_);
     if (backward) alloc(vb_, R * ldv32_);
     // Every packed element is written exactly once (rows, their zero tails and
-    // the zero padding rows), so no buffer is cleared first.
-    const int64_t dmax = std::max(a.dqk, a.dv);
-    FloatBuffer tmp(threads * (dmax + kLanes));
-    for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
-      float* t = tmp.get() + (dmax + kLanes) * thread_index();
-      const int64_t g = rows.base[kp] + r;
-      fetch_row(a.k, kv, tok, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_, t);
-      if (backward) fetch_row(a.v, kv, tok, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_, t);
+    // the zero padding rows), so no buffer is cleared first. The AMX policy runs
+    // only for bf16 inputs: rows are copied as they are.
+    for_each_kv_block(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r0, int64_t n,
+                                      const int64_t* tok) {
+      const int64_t g = rows.base[kp] + r0;
+      gather_key_rows(a.k, kv, tok, n, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_);
+      if (backward) gather_key_rows(a.v, kv, tok, n, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_);
     });
     for (int64_t kp = 0; kp < rows.count(); ++kp)
       for (int64_t g = rows.base[kp] + s.kv_problem(kp).nk; g < rows.base[kp + 1]; ++g) {
         std::fill(detail::u16(kb_) + g * ldk32_, detail::u16(kb_) + (g + 1) * ldk32_, uint16_t(0));
         if (backward) std::fill(detail::u16(vb_) + g * ldv32_, detail::u16(vb_) + (g + 1) * ldv32_, uint16_t(0));
       }
-    // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys).
-    if (backward) {
-      alloc(kt_, R * d16_);
-      transpose_keys(s, a.k, a.dqk, d16_, detail::u16(kt_), threads);
-    } else {
-      alloc(vt_, R * dv16_);
-      transpose_keys(s, a.v, a.dv, dv16_, detail::u16(vt_), threads);
-    }
+    // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys), and
+    // with 16-aligned chunks also a copy shifted by 16 keys.
+    FloatBuffer& t = backward ? kt_ : vt_;
+    FloatBuffer& ts = backward ? kts_ : vts_;
+    const TokenLayout& L = backward ? a.k : a.v;
+    const int64_t dim = backward ? a.dqk : a.dv, dims = backward ? d16_ : dv16_;
+    alloc(t, R * dims);
+    if (start16_) alloc(ts, R * dims);
+    transpose_keys(s, L, dim, dims, detail::u16(t), start16_ ? detail::u16(ts) : nullptr, threads);
     prescale_ = a.softcap > 0 || !(a.scale > 0);
     c_ = a.softcap > 0 ? 1.f : prescale_ ? kLog2e : a.scale * kLog2e;
     std::fill(scale_lanes_, scale_lanes_ + kQ, a.scale);
   }
+
+  // Chunks start on multiples of 32 (or 16) keys and hold multiples of 32 (the
+  // tile depth).
+  int64_t chunk_start(int64_t k) const { return start16_ ? k / 16 * 16 : k / 32 * 32; }
+  int64_t chunk_keys(int64_t n) const { return round_up(n, 32); }
 
   int64_t ldk() const { return d16_; }
   int64_t ldv() const { return dv16_; }
@@ -116,17 +113,47 @@ class AmxMath {
     if (a_.softcap > 0) K_.softcap(ST, nk, a_.softcap, cap_grad);
   }
 
-  bool softmax(float* ST, int64_t nk, float* m, float* l, float* alpha, float* ws) const {
-    return B_.softmax_step_vnni(ST, nk, c_, m, l, alpha, fwd_pv(ws));
+  // Writes P^T (VNNI) for the chunk's rows from row 0 on.
+  bool softmax(float* ST, int64_t nk, float* m, float* l, float* alpha, float* ws, int v0 = 0,
+               int v1 = kQ / kLanes) const {
+    return B_.softmax_step_vnni(ST, nk, c_, m, l, alpha, fwd_pv(ws), v0, v1);
   }
 
+  // Keys [c0, c0 + nk) whose probabilities are the chunk's P^T rows from `prow` on.
   void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT,
-          uint32_t bits = kAllQueryVectors) const {
-    const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
+          uint32_t bits = kAllQueryVectors, int64_t prow = 0) const {
+    const uint16_t* vt = key_blocks(vt_, vts_, kvp, c0, dv16_);
+    const uint16_t* pt = fwd_pv(ws) + prow * kQ;  // VNNI: row pairs of 2 * kQ halves
     detail::for_each_vector_run(bits, [&](int v0, int v1) {
-      B_.tile_gemm_ks(dv16_, (v1 - v0) * kLanes, nk, vt, 32, 32 * dv16_,
-                      fwd_pv(ws) + 2 * kLanes * v0, 2 * kQ, OT + kLanes * v0, kQ, true);
+      B_.tile_gemm_ks(dv16_, (v1 - v0) * kLanes, nk, vt, 32, 32 * dv16_, pt + 2 * kLanes * v0,
+                      2 * kQ, OT + kLanes * v0, kQ, true);
     });
+  }
+
+  // A chunk of query vector v gathered from several key pieces (engine.hpp:
+  // for_each_vector_chunk): S^T rows of all pieces with Q^T in tile registers,
+  // and O^T in tile registers over all pieces.
+  void scores_pieces(int64_t kvp, const detail::ChunkPiece* pc, int np, const float* ws, float* ST,
+                     int v) const {
+    const uint16_t* QTv = reinterpret_cast<const uint16_t*>(ws);
+    const uint16_t* A[detail::kMaxPieces];
+    int64_t M[detail::kMaxPieces];
+    for (int i = 0; i < np; ++i) {
+      A[i] = detail::u16c(kb_) + (rows.base[kvp] + pc[i].c0) * ldk32_;
+      M[i] = pc[i].nk;
+    }
+    B_.tile_gemm_gather_m(np, A, M, ldk32_, ldk32_, QTv + 2 * kLanes * v, 2 * kQ, ST + kLanes * v, kQ);
+  }
+  void pv_pieces(int64_t kvp, const detail::ChunkPiece* pc, int np, const float*, float* ws, float* OT,
+                 int v) const {
+    const uint16_t* A[detail::kMaxPieces];
+    int64_t K[detail::kMaxPieces];
+    for (int i = 0; i < np; ++i) {
+      A[i] = key_blocks(vt_, vts_, kvp, pc[i].c0, dv16_);
+      K[i] = pc[i].nk;
+    }
+    B_.tile_gemm_gather_k(dv16_, np, A, K, 32, 32 * dv16_, fwd_pv(ws) + 2 * kLanes * v, 2 * kQ,
+                          OT + kLanes * v, kQ, true);
   }
 
   // ---------------------------------------------------------------- backward
@@ -167,7 +194,7 @@ class AmxMath {
     // hold P = dS = 0 and add nothing.
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
-    const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
+    const uint16_t* kt = key_blocks(kt_, kts_, kvp, c0, d16_);
     detail::for_each_vector_run(bits, [&](int v0, int v1) {
       B_.tile_gemm_ks(d16_, (v1 - v0) * kLanes, nk, kt, 32, 32 * d16_, b.dSv + 2 * kLanes * v0,
                       2 * kQ, b.dQT + kLanes * v0, kQ, true);
@@ -205,6 +232,15 @@ class AmxMath {
   }
   uint16_t* fwd_pv(float* ws) const { return reinterpret_cast<uint16_t*>(ws) + ldk32_ * kQ; }
 
+  // A transposed operand (V^T or K^T) from key c0 on, as tile_gemm_ks's A (lda
+  // 32, k slices 32 * dims apart): the plain copy when c0 is a multiple of 32, else
+  // the copy shifted by 16 keys.
+  const uint16_t* key_blocks(const FloatBuffer& plain, const FloatBuffer& shifted, int64_t kvp,
+                             int64_t c0, int64_t dims) const {
+    if (c0 % 32 == 0) return detail::u16c(plain) + (rows.base[kvp] + c0) * dims;
+    return detail::u16c(shifted) + (rows.base[kvp] + c0 + 16) * dims;
+  }
+
   // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
   void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
                  int64_t width, uint16_t* out) const {
@@ -212,52 +248,57 @@ class AmxMath {
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
 
-  // One key row as bf16, `width` wide (zero past dim).
-  static void fetch_row(const TokenLayout& L, const KvProblemRef& kv, int64_t tok, int64_t dim,
-                        int64_t width, uint16_t* dst, float* tmp) {
-    detail::row_to_bf16(L.row(kv.b, tok, kv.hkv), L.dtype, dim, dst, tmp);
-    std::fill(dst + dim, dst + width, uint16_t(0));
-  }
-
-  // The operand's key rows transposed in 32-key blocks: element (d, r) at
-  // out[(r/32)*32*dims + d*32 + r%32] (the tile_gemm_ks layout), straight from
-  // the input rows. Key pairs are interleaved into 32-bit units, which are then
-  // transposed block by block; padding keys and dims are zero.
+  // The operand's key rows transposed in 32-key blocks, straight from the input
+  // rows: element (d, g) of packed row g at out[(g/32)*32*dims + d*32 + g%32] (the
+  // tile_gemm_ks layout) and, if `shifted`, at the same place of row g + 16 there
+  // (32-key blocks starting at the keys 16 mod 32; the block past a problem's end
+  // is the next problem's first, never read for this one). Key pairs are
+  // interleaved into 32-bit units, which are then transposed; padding keys and
+  // dims are zero.
   template <class Sched>
   void transpose_keys(const Sched& s, const TokenLayout& L, int64_t dim, int64_t dims, uint16_t* out,
-                      int threads) const {
-    constexpr int64_t kChunk = 256;
+                      uint16_t* shifted, int threads) const {
+    // Items of kBlock rows; each gathers 16 rows before its first too (zero before
+    // a problem's first row), so that the shifted blocks (rows [G - 16, G + 16)
+    // for G a multiple of 32) are whole 16-pair transposes as well.
+    constexpr int64_t kBlock = 128, kLead = 16;
     std::vector<std::pair<int64_t, int64_t>> items;
     for (int64_t kp = 0; kp < rows.count(); ++kp)
-      for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kChunk) items.push_back({kp, r});
-    const int64_t per = kChunk * dims / 2 + dims + dim + kLanes;  // pairs, two rows, fp32 row
+      for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kBlock) items.push_back({kp, r});
+    const int64_t per = (kBlock + kLead) * dims + kLanes;  // rows, then pairs (halves: 2x)
     FloatBuffer tmp(threads * per);
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
       const int64_t kp = items[it].first, r0 = items[it].second;
       const KvProblemRef kv = s.kv_problem(kp);
-      const int64_t nr = rows.base[kp + 1] - rows.base[kp], nc = std::min(kChunk, nr - r0);
-      float* base = tmp.get() + thread_index() * per;
-      uint16_t* pairs = reinterpret_cast<uint16_t*>(base);
-      uint16_t* two = pairs + kChunk * dims;  // rows 2p and 2p+1
-      float* f32 = base + kChunk * dims / 2 + dims;
-      for (int64_t p = 0; p < nc / 2; ++p) {
-        for (int e = 0; e < 2; ++e) {
-          const int64_t r = r0 + 2 * p + e;
-          if (r < kv.nk) fetch_row(L, kv, s.kv_token(kv, r), dim, dims, two + e * dims, f32);
-          else std::fill(two + e * dims, two + (e + 1) * dims, uint16_t(0));
-        }
-        K_.interleave16(two, two + dims, dims, pairs + 2 * p * dims);
+      const int64_t nr = rows.base[kp + 1] - rows.base[kp], nc = std::min(kBlock, nr - r0);
+      // rowbuf row i is packed row r0 - kLead + i, for i < kLead + nc.
+      uint16_t* rowbuf = reinterpret_cast<uint16_t*>(tmp.get() + thread_index() * per);
+      uint16_t* pairs = rowbuf + (kBlock + kLead) * dims;  // [(kLead + nc) / 2][dims] 32-bit units
+      const int64_t g0 = std::max<int64_t>(r0 - kLead, 0), g1 = std::min(kv.nk, r0 + nc);
+      int64_t tok[kBlock + kLead];
+      for (int64_t g = g0; g < g1; ++g) tok[g - g0] = s.kv_token(kv, g);
+      const int64_t i0 = g0 - (r0 - kLead), i1 = std::max(i0, g1 - (r0 - kLead));
+      std::fill(rowbuf, rowbuf + i0 * dims, uint16_t(0));
+      if (g1 > g0) gather_key_rows(L, kv, tok, g1 - g0, dim, dims, rowbuf + i0 * dims);
+      std::fill(rowbuf + i1 * dims, rowbuf + (kLead + nc) * dims, uint16_t(0));
+      for (int64_t p = 0; p < (kLead + nc) / 2; ++p)
+        K_.interleave16(rowbuf + 2 * p * dims, rowbuf + (2 * p + 1) * dims, dims, pairs + 2 * p * dims);
+      for (int64_t b = 0; b < nc; b += 32) {
+        // Plain block at r0 + b: rows [r0 + b, r0 + b + 32) = pairs from (kLead + b) / 2.
+        K_.transpose32(pairs + (kLead + b) * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
+        // Shifted block at G = r0 + b: rows [G - 16, G + 16) = pairs from b / 2.
+        if (shifted)
+          K_.transpose32(pairs + b * dims, dims, 16, dims, shifted + (rows.base[kp] + r0 + b) * dims, 16);
       }
-      for (int64_t b = 0; b < nc; b += 32)
-        K_.transpose32(pairs + b * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
     });
   }
 
   const EngineArgs& a_;
   const KernelTable& K_;
   const Bf16Kernels& B_;
-  FloatBuffer kb_, vb_, vt_, kt_;
+  FloatBuffer kb_, vb_, vt_, kt_, vts_, kts_;
   int64_t ldk32_ = 0, ldv32_ = 0, d16_ = 0, dv16_ = 0;
+  bool start16_ = false;
   bool prescale_ = false;
   float c_ = 1.f;
   float scale_lanes_[kQ];

@@ -9,7 +9,8 @@
 // A math policy gives the engine (engine.hpp) packed operands and the tile
 // products; the engine owns the schedule walk, the masks, the online softmax
 // bookkeeping, the work split and the deterministic reductions. Interface:
-//   kAlign                        key ranges are widened to multiples of this
+//   chunk_start(k), chunk_keys(n) a key range [k0, k1) is computed as the chunk
+//                                 [a0, a0 + chunk_keys(k1 - a0)), a0 = chunk_start(k0)
 //   rows                          padded row offsets of every kv problem (KvRows)
 //   scratch_floats()              per-thread scratch the policy needs
 //   begin() / end()               around each work item (per-thread unit state)
@@ -26,36 +27,53 @@ namespace attnkit::cpu {
 struct KvRows {
   std::vector<int64_t> base;  // num_kv_problems + 1 entries
 
+  // `slack` more zero rows per problem let chunks run up to that far past its end.
   template <class Sched>
-  void init(const Sched& s, int64_t align) {
+  void init(const Sched& s, int64_t align, int64_t slack = 0) {
     const int64_t nkp = s.num_kv_problems();
     base.assign(nkp + 1, 0);
-    for (int64_t kp = 0; kp < nkp; ++kp) base[kp + 1] = base[kp] + round_up(s.kv_problem(kp).nk, align);
+    for (int64_t kp = 0; kp < nkp; ++kp)
+      base[kp + 1] = base[kp] + round_up(s.kv_problem(kp).nk, align) + slack;
   }
   int64_t total() const { return base.back(); }
   int64_t count() const { return static_cast<int64_t>(base.size()) - 1; }
 };
 
-// Calls f(kv, r, tok) for every key row r of every kv problem (kv problem
-// ref, index within it, token id), in parallel chunks of rows.
+// Calls f(kp, kv, r0, n, tok) for blocks of key rows [r0, r0 + n) of every kv
+// problem (kv problem id, ref, token ids of the block), in parallel.
 template <class Sched, class F>
-void for_each_kv_row(const Sched& s, int threads, F&& f) {
-  constexpr int64_t kChunk = 256;
+void for_each_kv_block(const Sched& s, int threads, F&& f) {
+  constexpr int64_t kBlock = 64;
   std::vector<std::pair<int64_t, int64_t>> items;
   const int64_t nkp = s.num_kv_problems();
   for (int64_t kp = 0; kp < nkp; ++kp)
-    for (int64_t r = 0; r < s.kv_problem(kp).nk; r += kChunk) items.push_back({kp, r});
+    for (int64_t r = 0; r < s.kv_problem(kp).nk; r += kBlock) items.push_back({kp, r});
   parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
     const int64_t kp = items[it].first, r0 = items[it].second;
     const KvProblemRef kv = s.kv_problem(kp);
-    const int64_t r1 = std::min(kv.nk, r0 + kChunk);
-    for (int64_t r = r0; r < r1; ++r) f(kp, kv, r, s.kv_token(kv, r));
+    const int64_t n = std::min(kv.nk - r0, kBlock);
+    int64_t tok[kBlock];
+    for (int64_t i = 0; i < n; ++i) tok[i] = s.kv_token(kv, r0 + i);
+    f(kp, kv, r0, n, static_cast<const int64_t*>(tok));
   });
+}
+
+// Copies (gathers) a block of key rows of layout L into dst (rows dst_width
+// elements of the layout's dtype apart, zero past dim).
+inline void gather_key_rows(const TokenLayout& L, const KvProblemRef& kv, const int64_t* tok, int64_t n,
+                            int64_t dim, int64_t dst_width, void* dst) {
+  constexpr int64_t kBatch = 64;
+  const void* src[kBatch];
+  const int64_t es = dtype_size(L.dtype);
+  for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
+    const int64_t m = std::min(kBatch, n - i0);
+    for (int64_t i = 0; i < m; ++i) src[i] = L.row(kv.b, tok[i0 + i], kv.hkv);
+    kernels().gather_rows(src, m, dim * es, static_cast<char*>(dst) + i0 * dst_width * es, dst_width * es);
+  }
 }
 
 class FmaMath {
  public:
-  static constexpr int64_t kAlign = 1;
   KvRows rows;
 
   template <class Sched>
@@ -68,16 +86,28 @@ class FmaMath {
     // costs ~40% of fp32 speed in cache-set conflicts.
     k_.reset(rows.total() * ldk_ + kLanes);
     v_.reset(rows.total() * ldv_ + kLanes);
-    for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
-      float* kd = k_.get() + (rows.base[kp] + r) * ldk_;
-      float* vd = v_.get() + (rows.base[kp] + r) * ldv_;
-      load_row(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, kd);
-      load_row(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, vd);
-      std::fill(kd + a.dqk, kd + ldk_, 0.f);
-      std::fill(vd + a.dv, vd + ldv_, 0.f);
+    for_each_kv_block(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r0, int64_t n,
+                                      const int64_t* tok) {
+      float* kd = k_.get() + (rows.base[kp] + r0) * ldk_;
+      float* vd = v_.get() + (rows.base[kp] + r0) * ldv_;
+      if (a.k.dtype == DType::Float32) {
+        gather_key_rows(a.k, kv, tok, n, a.dqk, ldk_, kd);
+        gather_key_rows(a.v, kv, tok, n, a.dv, ldv_, vd);
+        return;
+      }
+      for (int64_t i = 0; i < n; ++i, kd += ldk_, vd += ldv_) {
+        load_row(a.k.row(kv.b, tok[i], kv.hkv), a.k.dtype, a.dqk, kd);
+        load_row(a.v.row(kv.b, tok[i], kv.hkv), a.v.dtype, a.dv, vd);
+        std::fill(kd + a.dqk, kd + ldk_, 0.f);
+        std::fill(vd + a.dv, vd + ldv_, 0.f);
+      }
     });
     qmul_ = a.softcap > 0 ? a.scale : a.scale * kLog2e;
   }
+
+  // Any key range is computed as it is.
+  int64_t chunk_start(int64_t k) const { return k; }
+  int64_t chunk_keys(int64_t n) const { return n; }
 
   // dK / dV accumulator row widths (shared with the engine's reductions).
   int64_t ldk() const { return ldk_; }
@@ -112,17 +142,31 @@ class FmaMath {
     if (a_.softcap > 0) K_.softcap(ST, nk, a_.softcap, cap_grad);
   }
 
-  bool softmax(float* ST, int64_t nk, float* m, float* l, float* alpha, float*) const {
-    return K_.softmax_step(ST, nk, m, l, alpha);
+  // Online-softmax step of the query vectors [v0, v1); true if O^T must be rescaled.
+  bool softmax(float* ST, int64_t nk, float* m, float* l, float* alpha, float*, int v0 = 0,
+               int v1 = kQ / kLanes) const {
+    return K_.softmax_step(ST, nk, m, l, alpha, v0, v1);
   }
 
-  // O^T[d][i] += sum_j v_j[d] * P^T[j][i] (P^T overwrote S^T).
+  // O^T[d][i] += sum_j v_j[d] * P^T[j][i] (P^T overwrote S^T; PT points at the
+  // chunk's score row `prow`, which the fp32 policy does not need otherwise).
   void pv(int64_t kvp, int64_t c0, int64_t nk, const float* PT, const float*, float* OT,
-          uint32_t bits = kAllQueryVectors) const {
+          uint32_t bits = kAllQueryVectors, int64_t /*prow*/ = 0) const {
     detail::for_each_vector_run(bits, [&](int v0, int v1) {
       K_.gemm(a_.dv, v1 - v0, nk, vrow(kvp, c0), 1, ldv_, PT + v0 * kLanes, kQ, OT + v0 * kLanes,
               kQ, true);
     });
+  }
+
+  // A chunk of query vector v gathered from several key pieces (engine.hpp:
+  // for_each_vector_chunk): the same products, piece by piece.
+  void scores_pieces(int64_t kvp, const detail::ChunkPiece* pc, int np, const float* QT, float* ST,
+                     int v) const {
+    for (int i = 0; i < np; ++i) scores(kvp, pc[i].c0, pc[i].nk, QT, ST + pc[i].row * kQ, 1u << v);
+  }
+  void pv_pieces(int64_t kvp, const detail::ChunkPiece* pc, int np, const float* PT, float* ws,
+                 float* OT, int v) const {
+    for (int i = 0; i < np; ++i) pv(kvp, pc[i].c0, pc[i].nk, PT + pc[i].row * kQ, ws, OT, 1u << v);
   }
 
   // ---------------------------------------------------------------- backward
