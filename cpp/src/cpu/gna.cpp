@@ -30,11 +30,13 @@ namespace attnkit::cpu {
 // ---------------------------------------------------------------------------
 namespace {
 
+// All versions work on the lanes [0, 16 * NV) of rows kQ floats apart (callers
+// offset S, lo and hi to their first query vector).
 template <int ND>
 void mask_rows_scalar(float* S, int64_t nk, const int32_t* crd, const int32_t* lo,
-                      const int32_t* hi) {
+                      const int32_t* hi, int nv) {
   for (int64_t j = 0; j < nk; ++j)
-    for (int i = 0; i < kQ; ++i) {
+    for (int i = 0; i < kLanes * nv; ++i) {
       bool ok = true;
       for (int d = 0; d < ND; ++d) {
         const int32_t x = crd[3 * j + d];
@@ -47,13 +49,12 @@ void mask_rows_scalar(float* S, int64_t nk, const int32_t* crd, const int32_t* l
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define AK_NA_X86 1
 
-template <int ND>
-__attribute__((target("avx512f"))) void mask_rows_avx512(float* S, int64_t nk, const int32_t* crd,
-                                                         const int32_t* lo, const int32_t* hi) {
-  constexpr int nv = kQ / 16;
-  __m512i L[ND][nv], H[ND][nv];  // lane bounds stay in registers for the whole chunk
+template <int ND, int NV>
+__attribute__((target("avx512f"))) void mask_rows_avx512_n(float* S, int64_t nk, const int32_t* crd,
+                                                           const int32_t* lo, const int32_t* hi) {
+  __m512i L[ND][NV], H[ND][NV];  // lane bounds stay in registers for the whole chunk
   for (int d = 0; d < ND; ++d)
-    for (int v = 0; v < nv; ++v) {
+    for (int v = 0; v < NV; ++v) {
       L[d][v] = _mm512_loadu_si512(lo + d * kQ + 16 * v);
       H[d][v] = _mm512_loadu_si512(hi + d * kQ + 16 * v);
     }
@@ -61,7 +62,7 @@ __attribute__((target("avx512f"))) void mask_rows_avx512(float* S, int64_t nk, c
   for (int64_t j = 0; j < nk; ++j) {
     __m512i X[ND];
     for (int d = 0; d < ND; ++d) X[d] = _mm512_set1_epi32(crd[3 * j + d]);
-    for (int v = 0; v < nv; ++v) {
+    for (int v = 0; v < NV; ++v) {
       __mmask16 ok = 0xffff;
       for (int d = 0; d < ND; ++d) {
         ok = _mm512_mask_cmple_epi32_mask(ok, L[d][v], X[d]);
@@ -73,13 +74,24 @@ __attribute__((target("avx512f"))) void mask_rows_avx512(float* S, int64_t nk, c
 }
 
 template <int ND>
+void mask_rows_avx512(float* S, int64_t nk, const int32_t* crd, const int32_t* lo, const int32_t* hi,
+                      int nv) {
+  switch (nv) {
+    case 1: return mask_rows_avx512_n<ND, 1>(S, nk, crd, lo, hi);
+    case 2: return mask_rows_avx512_n<ND, 2>(S, nk, crd, lo, hi);
+    case 3: return mask_rows_avx512_n<ND, 3>(S, nk, crd, lo, hi);
+    default: return mask_rows_avx512_n<ND, 4>(S, nk, crd, lo, hi);
+  }
+}
+
+template <int ND>
 __attribute__((target("avx2"))) void mask_rows_avx2(float* S, int64_t nk, const int32_t* crd,
-                                                    const int32_t* lo, const int32_t* hi) {
+                                                    const int32_t* lo, const int32_t* hi, int nv) {
   const __m256 ninf = _mm256_set1_ps(-INFINITY);
   for (int64_t j = 0; j < nk; ++j) {
     __m256i X[ND];
     for (int d = 0; d < ND; ++d) X[d] = _mm256_set1_epi32(crd[3 * j + d]);
-    for (int v = 0; v < kQ / 8; ++v) {
+    for (int v = 0; v < 2 * nv; ++v) {
       __m256i bad = _mm256_setzero_si256();
       for (int d = 0; d < ND; ++d) {
         const __m256i l = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo + d * kQ + 8 * v));
@@ -96,7 +108,7 @@ __attribute__((target("avx2"))) void mask_rows_avx2(float* S, int64_t nk, const 
 }
 #endif
 
-using MaskFn = void (*)(float*, int64_t, const int32_t*, const int32_t*, const int32_t*);
+using MaskFn = void (*)(float*, int64_t, const int32_t*, const int32_t*, const int32_t*, int);
 
 template <int ND>
 MaskFn pick_mask() {
@@ -111,9 +123,11 @@ MaskFn pick_mask() {
 }  // namespace
 
 void na_mask_rows(float* S, int64_t nk, const int32_t* crd, const int32_t* lo, const int32_t* hi,
-                  int ndim) {
+                  int ndim, int v0, int v1) {
   static const MaskFn fns[3] = {pick_mask<1>(), pick_mask<2>(), pick_mask<3>()};
-  fns[std::clamp(ndim, 1, 3) - 1](S, nk, crd, lo, hi);
+  if (v1 <= v0) return;
+  const int o = kLanes * v0;
+  fns[std::clamp(ndim, 1, 3) - 1](S + o, nk, crd, lo + o, hi + o, v1 - v0);
 }
 
 // ---------------------------------------------------------------------------
@@ -135,23 +149,28 @@ double mean_union(const NaAxis& ax, int64_t vb) {
   return sum / static_cast<double>(std::max<int64_t>(blocks, 1));
 }
 
-// Sum over the blocks of vb queries of the extent of the kv tiles (extent kt,
-// boundaries at ko mod kt) that cover the block's window union (group 0).
-int64_t covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko) {
+// Sum over the blocks of vb queries (starting at -qo mod vb) of the extent of the
+// kv tiles (extent kt, boundaries at ko mod kt) that cover the block's window
+// union (group 0). Blocks clipped by the grid's edge count by the share of a
+// block they fill: tiles pack their lanes densely.
+double covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko, int64_t qo = 0) {
   const int64_t ng = ax.group_len(0);
   const int64_t shift = (kt - ko % kt) % kt;
   auto start = [&](int64_t j) { return std::clamp<int64_t>(j * kt - shift, 0, ng); };
-  int64_t sum = 0;
-  for (int64_t b = 0; b < ng; b += vb) {
+  double sum = 0;
+  for (int64_t b = -qo; b < ng; b += vb) {
+    const int64_t b0 = std::max<int64_t>(b, 0), b1 = std::min(b + vb, ng);
     int64_t lo, hi, l2, h2;
-    ax.window(b, ng, &lo, &hi);
-    ax.window(std::min(b + vb, ng) - 1, ng, &l2, &h2);
-    sum += start((h2 - 1 + shift) / kt + 1) - start((lo + shift) / kt);
+    ax.window(b0, ng, &lo, &hi);
+    ax.window(b1 - 1, ng, &l2, &h2);
+    sum += static_cast<double>(start((h2 - 1 + shift) / kt + 1) - start((lo + shift) / kt)) *
+           static_cast<double>(b1 - b0) / static_cast<double>(vb);
   }
   return sum;
 }
 
-// Developer knob for tuning and tests: ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0"
+// Developer knob for tuning and tests:
+// ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0"
 // (axes right-aligned like NaAxis; entries on unused axes are ignored).
 void apply_plan_override(NaPlan* plan, int ndim) {
   const char* env = std::getenv("ATTNKIT_GNA_PLAN");
@@ -160,8 +179,8 @@ void apply_plan_override(NaPlan* plan, int ndim) {
   const char* c = env;
   auto bad = [&]() {
     throw Error(ErrorCode::InvalidArgument,
-                std::string("ATTNKIT_GNA_PLAN must look like vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0 "
-                            "(prod vb <= 16, prod qa <= 4, kt >= 1, 0 <= ko < kt), got '") +
+                std::string("ATTNKIT_GNA_PLAN must look like vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0 "
+                            "(prod vb <= 16, prod qa <= 4, kt >= 1, 0 <= ko < kt, 0 <= qo < vb), got '") +
                     env + "'");
   };
   while (*c) {
@@ -170,6 +189,7 @@ void apply_plan_override(NaPlan* plan, int ndim) {
     else if (!std::strncmp(c, "qa=", 3)) dst = p.qa;
     else if (!std::strncmp(c, "kt=", 3)) dst = p.kt;
     else if (!std::strncmp(c, "ko=", 3)) dst = p.ko;
+    else if (!std::strncmp(c, "qo=", 3)) dst = p.qo;
     if (!dst) bad();
     c += 3;
     for (int d = 0; d < 3; ++d) {
@@ -182,10 +202,10 @@ void apply_plan_override(NaPlan* plan, int ndim) {
     }
     if (*c == ',') ++c;
   }
-  for (int d = 0; d < 3 - ndim; ++d) p.vb[d] = p.qa[d] = p.kt[d] = 1, p.ko[d] = 0;
+  for (int d = 0; d < 3 - ndim; ++d) p.vb[d] = p.qa[d] = p.kt[d] = 1, p.ko[d] = p.qo[d] = 0;
   int vol = 1, blocks = 1;
   for (int d = 0; d < 3; ++d) {
-    if (p.vb[d] < 1 || p.qa[d] < 1 || p.kt[d] < 1 || p.ko[d] >= p.kt[d]) bad();
+    if (p.vb[d] < 1 || p.qa[d] < 1 || p.kt[d] < 1 || p.ko[d] >= p.kt[d] || p.qo[d] >= p.vb[d]) bad();
     vol *= p.vb[d];
     blocks *= p.qa[d];
   }
@@ -249,11 +269,11 @@ NaPlan choose_na_plan(const NaProblem& p) {
   // the largest tile whose boundaries fall (almost) on the vector blocks' union edges.
   for (int d = 0; d < 2; ++d) {
     if (d < d0) continue;
-    int64_t best_cov = covered(p.axis[d], plan.vb[d], 1, 0);
+    const double best_cov = covered(p.axis[d], plan.vb[d], 1, 0);
     for (int kt = 2; kt <= 8; kt *= 2) {
       if (kt > 2 * plan.vb[d] * plan.qa[d]) break;
       for (int ko = 0; ko < kt; ++ko) {
-        const int64_t cov = covered(p.axis[d], plan.vb[d], kt, ko);
+        const double cov = covered(p.axis[d], plan.vb[d], kt, ko);
         if (cov * 100 <= best_cov * 104) {
           plan.kt[d] = kt;
           plan.ko[d] = ko;
@@ -262,19 +282,36 @@ NaPlan choose_na_plan(const NaProblem& p) {
       }
     }
   }
-  // The AMX path widens every key range to multiples of 32 kv indices. kv tiles of
-  // 32 keys (the outer extents times a last-axis extent) make every range start and
-  // end on such a multiple: measured 13.2 -> 11.2 ms (2-D 64x64, 13x13, bf16).
+  // The AMX path computes key chunks that start on multiples of 16 keys
+  // (NaSchedule::kKeyRanges16) and hold multiples of 32. Its kv tiles hold 16 keys
+  // (the outer extents times a last-axis extent) and start at coordinate 0 on
+  // every axis (ko = 0: no clipped tile shifts the ones after it off the multiples
+  // of 16); the vector blocks are shifted instead (qo) so that their window unions
+  // start on tile boundaries. 2-D 13x13: 4x4 tiles, blocks at -2 mod 4.
   if (kernels().bf16 != nullptr && p.dtype == DType::BFloat16) {
-    const int outer = plan.kt[0] * plan.kt[1];
-    if (outer < 32) {
-      plan.kt[2] = 32 / outer;
-      int64_t best_cov = -1;
-      for (int ko = 0; ko < plan.kt[2]; ++ko) {
-        const int64_t cov = covered(p.axis[2], plan.vb[2], plan.kt[2], ko);
-        if (best_cov < 0 || cov < best_cov) best_cov = cov, plan.ko[2] = ko;
+    // Least coverage over the block shifts, and the shift that gives it.
+    auto best_shift = [&](int d, int kt, int* qo) {
+      double best_cov = -1;
+      for (int q = 0; q < plan.vb[d]; ++q) {
+        const double cov = covered(p.axis[d], plan.vb[d], kt, 0, q);
+        if (best_cov < 0 || cov < best_cov * (1 - 1e-9)) best_cov = cov, *qo = q;
       }
-    }
+      return best_cov;
+    };
+    // The tile shape (16 keys) whose coverage of the blocks' unions is least.
+    double best = -1;
+    for (int a = 1; a <= 16; a *= 2)
+      for (int b = 1; a * b <= 16; b *= 2) {
+        const int kt[3] = {a, b, 16 / (a * b)};
+        if ((d0 > 0 && a > 1) || (d0 > 1 && b > 1)) continue;
+        int qo[3] = {0, 0, 0};
+        double cost = 1;
+        for (int d = d0; d < 3; ++d) cost *= best_shift(d, kt[d], &qo[d]);
+        if (best < 0 || cost < best * (1 - 1e-9)) {
+          best = cost;
+          for (int d = 0; d < 3; ++d) plan.kt[d] = kt[d], plan.ko[d] = 0, plan.qo[d] = qo[d];
+        }
+      }
   }
   apply_plan_override(&plan, p.ndim);
   return plan;
@@ -292,9 +329,17 @@ TokenLayout spatial_layout(const NaProblem& p, const NaOperand& o, DType dt) {
   l.batch_stride = o.batch_stride;
   l.head_stride = o.head_stride;
   l.ndims = p.ndim;
+  bool flat = true;  // token strides uniform over flat token ids (a contiguous grid)
   for (int i = 0; i < p.ndim; ++i) {
     l.dims[i] = p.axis[3 - p.ndim + i].size;
     l.token_stride[i] = o.token_stride[3 - p.ndim + i];
+  }
+  for (int i = 0; i + 1 < p.ndim; ++i)
+    flat = flat && (l.token_stride[i] == l.token_stride[i + 1] * l.dims[i + 1] || l.dims[i] == 1);
+  if (flat) {
+    // Rows are then addressed by one multiplication instead of a division per axis.
+    l.token_stride[0] = l.token_stride[p.ndim - 1];
+    l.ndims = 1;
   }
   return l;
 }

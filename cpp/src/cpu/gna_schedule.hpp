@@ -43,15 +43,18 @@ struct NaPlan {
   int qa[3] = {1, 1, 1};  // vector blocks per query tile, prod <= kQVecs
   int kt[3] = {1, 1, 1};  // kv tile extent
   int ko[3] = {0, 0, 0};  // kv tile boundaries sit at coordinates = ko (mod kt)
+  int qo[3] = {0, 0, 0};  // vector blocks start at coordinates = -qo (mod vb): the
+                          // first block of an axis holds vb - qo coordinates
 };
 
 // Chooses a plan for the problem's axes (gna.cpp).
 NaPlan choose_na_plan(const NaProblem& p);
 
-// Mask kernel (gna.cpp): for rows j < nk, sets S[j][i] = -inf unless
-// lo[d * kQ + i] <= crd[3 * j + d] < hi[d * kQ + i] for every axis d < ndim.
+// Mask kernel (gna.cpp): for rows j < nk and lanes i of the query vectors [v0, v1),
+// sets S[j][i] = -inf unless lo[d * kQ + i] <= crd[3 * j + d] < hi[d * kQ + i] for
+// every axis d < ndim.
 void na_mask_rows(float* S, int64_t nk, const int32_t* crd, const int32_t* lo,
-                  const int32_t* hi, int ndim);
+                  const int32_t* hi, int ndim, int v0 = 0, int v1 = kQVecs);
 
 // Geometry shared by every batch and head.
 class NaGeometry {
@@ -99,7 +102,7 @@ class NaGeometry {
       for (int d = 0; d < 3; ++d) {
         g.ng[d] = axis_[d].group_len(gc[d]);
         const int64_t qb = int64_t(plan_.vb[d]) * plan_.qa[d];
-        g.nqt[d] = (g.ng[d] + qb - 1) / qb;
+        g.nqt[d] = (g.ng[d] + plan_.qo[d] + qb - 1) / qb;
         g.shift[d] = (plan_.kt[d] - plan_.ko[d] % plan_.kt[d]) % plan_.kt[d];
         g.nkt[d] = (g.ng[d] - 1 + g.shift[d]) / plan_.kt[d] + 1;
         g.nkv *= g.ng[d];
@@ -131,7 +134,8 @@ class NaGeometry {
       const NaAxis& b = axis_[d];
       if (a.size != b.size || a.kernel != b.kernel || a.stride != b.stride ||
           a.dilation != b.dilation || a.causal != b.causal || plan.vb[d] != plan_.vb[d] ||
-          plan.qa[d] != plan_.qa[d] || plan.kt[d] != plan_.kt[d] || plan.ko[d] != plan_.ko[d])
+          plan.qa[d] != plan_.qa[d] || plan.kt[d] != plan_.kt[d] || plan.ko[d] != plan_.ko[d] ||
+          plan.qo[d] != plan_.qo[d])
         return false;
     }
     return true;
@@ -206,8 +210,9 @@ class NaGeometry {
           const int bc[3] = {b0, b1, b2};
           int64_t o[3], e[3];
           for (int d = 0; d < 3; ++d) {
-            o[d] = (tc[d] * plan_.qa[d] + bc[d]) * plan_.vb[d];
-            e[d] = std::min<int64_t>(o[d] + plan_.vb[d], g.ng[d]);
+            const int64_t start = (tc[d] * plan_.qa[d] + bc[d]) * plan_.vb[d] - plan_.qo[d];
+            o[d] = std::max<int64_t>(start, 0);
+            e[d] = std::min<int64_t>(start + plan_.vb[d], g.ng[d]);
           }
           int64_t c[3];
           for (c[0] = o[0]; c[0] < e[0]; ++c[0])
@@ -260,6 +265,10 @@ class NaGeometry {
 // The engine's Schedule (see the top of engine.hpp).
 class NaSchedule {
  public:
+  // With the AMX plan, kv tiles hold 16 keys and ranges start on their boundaries
+  // (see choose_na_plan and engine_types.hpp).
+  static constexpr bool kKeyRanges16 = true;
+
   // batch, heads_q, heads_kv of the call; geometry shared by all of them.
   NaSchedule(const NaGeometry& geo, int64_t batch, int64_t heads_q, int64_t heads_kv)
       : geo_(geo), batch_(batch), hq_(heads_q), hkv_(heads_kv), group_size_(heads_q / heads_kv) {}
@@ -411,12 +420,15 @@ class NaSchedule {
     if (run_k0 >= 0) f(run_k0, run_k1, run_full, QueryVectors{run_bits});
   }
 
-  void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S) const {
+  void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S,
+            QueryVectors qv = {}) const {
     const auto& g = geo_.group(r.aux[0]);
     const auto& T = geo_.tile(g, t);
     // Spatial axes are right-aligned (axes 3 - ndim .. 2); the others are neutral.
     const int d0 = 3 - geo_.ndim();
-    na_mask_rows(S, nk, geo_.kv_coords(g, k0) + d0, &T.lo[d0][0], &T.hi[d0][0], geo_.ndim());
+    detail::for_each_vector_run(qv.bits, [&](int v0, int v1) {
+      na_mask_rows(S, nk, geo_.kv_coords(g, k0) + d0, &T.lo[d0][0], &T.hi[d0][0], geo_.ndim(), v0, v1);
+    });
   }
 
  private:
