@@ -125,6 +125,33 @@ void for_each_vector_chunk(const Math& math, const std::vector<KvRange>& R, int 
   flush();
 }
 
+// A tile's ranges gathered into chunks of at most `chunk` score rows: each range
+// widened as the policy needs and cut into pieces of at most `chunk` keys.
+// f(pieces, bits, count, rows) per chunk; bits[i] are piece i's query vectors.
+template <class Math, class F>
+void for_each_tile_chunk(const Math& math, const std::vector<KvRange>& R, int64_t chunk, F&& f) {
+  ChunkPiece pc[kMaxPieces];
+  uint32_t bits[kMaxPieces];
+  int np = 0;
+  int64_t rows = 0;
+  auto flush = [&] {
+    if (np) f(static_cast<const ChunkPiece*>(pc), static_cast<const uint32_t*>(bits), np, rows);
+    np = 0;
+    rows = 0;
+  };
+  for (const KvRange& r : R) {
+    const int64_t a0 = math.chunk_start(r.k0), a1 = a0 + math.chunk_keys(r.k1 - a0);
+    for (int64_t c0 = a0; c0 < a1; c0 += chunk) {
+      const int64_t nk = std::min(chunk, a1 - c0);
+      if (rows + nk > chunk || np == kMaxPieces) flush();
+      bits[np] = r.bits;
+      pc[np++] = {c0, nk, r.k0, r.k1, rows, r.full};
+      rows += nk;
+    }
+  }
+  flush();
+}
+
 // Schedules may offer mask(P, t, k0, nk, S, QueryVectors): the same, for the
 // lanes of the given vectors only (the others may be left as they are).
 template <class S, class = void>
@@ -192,7 +219,7 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
   const auto items = q_work_items(s);
   const int64_t orows = math.out_rows();
   const int64_t own = math.fwd_scratch_floats();
-  const int64_t st_rows = std::max(nkt, round_up(Dv, kLanes));  // ST also holds the output rows
+  const int64_t st_rows = nkt;
   const int64_t per_thread = own + orows * kQ + st_rows * kQ + 3 * kQ + kLanes;
   FloatBuffer scratch(per_thread * threads);
   std::vector<std::vector<KvRange>> ranges(threads);
@@ -217,7 +244,32 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     std::fill(m, m + kQ, -INFINITY);
     std::fill(l, l + kQ, 0.f);
     collect_ranges(s, P, t, R);
-    if (!vector_passes(math, R)) {
+    if (Math::kTileChunks && !vector_passes(math, R)) {
+      // The tile's ranges in chunks of rows shared by the vectors that reach them:
+      // scores per piece for its vectors, the softmax per vector over its pieces
+      // (one reference max per chunk), then O^T += V^T P^T over the whole chunk.
+      for_each_tile_chunk(math, R, nkt, [&](const ChunkPiece* pc, const uint32_t* bits, int np,
+                                            int64_t rows) {
+        uint32_t any = 0;
+        for (int i = 0; i < np; ++i) {
+          math.scores(P.kvp, pc[i].c0, pc[i].nk, ws, ST + pc[i].row * kQ, bits[i]);
+          any |= bits[i];
+        }
+        math.finish_scores(ST, rows, nullptr);
+        for (int i = 0; i < np; ++i)
+          apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ,
+                      bits[i]);
+        for (int v = 0; v < kQ / kLanes; ++v) {
+          if (!((any >> v) & 1u)) continue;
+          int64_t r0[kMaxPieces], nr[kMaxPieces];
+          int nv = 0;
+          for (int i = 0; i < np; ++i)
+            if ((bits[i] >> v) & 1u) r0[nv] = pc[i].row, nr[nv++] = pc[i].nk;
+          if (math.softmax_rows(ST, nv, r0, nr, m, l, alpha, ws, v)) K.scale_lanes(OT, orows, alpha, v, v + 1);
+        }
+        math.pv_chunk(P.kvp, pc, bits, np, ws, OT);
+      });
+    } else if (!vector_passes(math, R)) {
       for_each_chunk(math, R, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
                                        uint32_t bits) {
         // Lanes of vectors outside `bits` keep stale values: every step below skips them.
@@ -246,17 +298,14 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
 
     // out_i = O_i / l_i; a row that saw no key has l == 0: output 0 and lse -inf, never NaN.
     for (int i = 0; i < kQ; ++i) alpha[i] = i < n && l[i] > 0 ? 1.f / l[i] : 0.f;
-    K.scale_rows(OT, Dv, alpha);
-    const int64_t ldo = round_up(Dv, kLanes);
-    float* O = ST;  // [kQ][ldo] output rows
-    K.transpose32(OT, kQ, Dv, kQ, O, ldo);
-    for (int i = 0; i < n; ++i) {
-      store_row(O + i * ldo, Dv, a.out.dtype, a.out.row(P.b, tok[i], P.hq));
-      if (a.lse.data) {
+    void* orow[kQ];
+    for (int i = 0; i < n; ++i) orow[i] = a.out.row(P.b, tok[i], P.hq);
+    K.store_transposed(OT, Dv, alpha, n, orow, a.out.dtype);
+    if (a.lse.data)
+      for (int i = 0; i < n; ++i) {
         const float lse = l[i] > 0 ? (m[i] + std::log2(l[i])) * kLn2 : -INFINITY;
         *reinterpret_cast<float*>(a.lse.row(P.b, tok[i], P.hq)) = lse;
       }
-    }
   });
 }
 

@@ -71,6 +71,21 @@ struct Bf16Kernels {
   void (*tile_gemm_gather_k)(int64_t M, int np, const uint16_t* const* A, const int64_t* K,
                              int64_t lda, int64_t a_ks, const uint16_t* B, int64_t ldb, float* C,
                              int64_t ldc, bool accumulate);
+
+  // A chunk of rows shared by the query vectors (engine.hpp: tile chunks).
+  // softmax_step_vnni_rows: softmax_step_vnni for query vector v alone over the
+  // row pieces [r0[i], r0[i] + n[i]) of S and P (one reference max for all).
+  bool (*softmax_step_vnni_rows)(const float* S, int np, const int64_t* r0, const int64_t* n,
+                                 float c, float* m, float* l, float* alpha, uint16_t* P, int v);
+  // tile_gemm_vectors: for each vector v, C[M x 16 at column 16 v] += sum over the
+  // pieces i whose bits[i] hold v of A_i[M x K_i] x B rows [row[i], row[i] + K_i)
+  // at column 16 v; A_i in 32-key blocks (lda 32, k slices a_ks apart), B VNNI
+  // (rows 2 * ldb halves per key pair), M a multiple of 16, K_i and row[i] of 32.
+  // O^T stays in tile registers over the pieces, and each A block serves every
+  // vector of the piece.
+  void (*tile_gemm_vectors)(int64_t M, int np, const uint16_t* const* A, const int64_t* K,
+                            const int64_t* row, const uint32_t* bits, int64_t a_ks,
+                            const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
 };
 
 struct KernelTable {
@@ -124,6 +139,16 @@ struct KernelTable {
   // Row i of dst (dst_bytes apart) = the `bytes` bytes at src[i], zero-filled up
   // to dst_bytes: packing rows gathered in a schedule's key order.
   void (*gather_rows)(const void* const* src, int64_t n, int64_t bytes, void* dst, int64_t dst_bytes);
+
+  // transpose32 of rows gathered from src[r] (r < rows; null rows and bytes past
+  // src_bytes read as zero): dst[c * ldd + r] = unit c of src[r]; rows and cols
+  // (32-bit units) multiples of 16. Packs a query tile straight from the input.
+  void (*gather_transpose32)(const void* const* src, int64_t rows, int64_t src_bytes, int64_t cols,
+                             void* dst, int64_t ldd);
+  // dst[r][c] = X[c * kQ + r] * scale[r] as `dtype`, for rows r < n (<= kQ) and
+  // c < cols: a tile's O^T normalised, transposed and stored in one pass.
+  void (*store_transposed)(const float* X, int64_t cols, const float* scale, int64_t n,
+                           void* const* dst, DType dtype);
 };
 
 // ---- bf16 GEMM primitive for every family (engine-independent) ----

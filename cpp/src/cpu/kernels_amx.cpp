@@ -217,26 +217,81 @@ void tile_gemm_gather_k(int64_t M, int np, const uint16_t* const* A, const int64
 }
 #undef AK_GATHER_K_STEP
 
+// C_v[M x 16] (+)= sum over the pieces i whose bits hold v of A_i[M x K_i] x the
+// P^T rows of piece i, lanes of v (see Bf16Kernels::tile_gemm_vectors). Per
+// 16-row block of C, the blocks of all vectors stay in registers 0-3 (register
+// v for vector v) over all pieces; each A block is loaded once for every vector
+// that uses it. A alternates between registers 4 and 5, B between 6 and 7.
+#define AK_TDP_V(V, AR, BR)            \
+  switch (V) {                         \
+    case 0: _tile_dpbf16ps(0, AR, BR); break; \
+    case 1: _tile_dpbf16ps(1, AR, BR); break; \
+    case 2: _tile_dpbf16ps(2, AR, BR); break; \
+    default: _tile_dpbf16ps(3, AR, BR); break; \
+  }
+void tile_gemm_vectors(int64_t M, int np, const uint16_t* const* A, const int64_t* K,
+                       const int64_t* row, const uint32_t* bits, int64_t a_ks, const uint16_t* B,
+                       int64_t ldb, float* C, int64_t ldc) {
+  constexpr int64_t lda = 32;
+  const int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;
+  uint32_t any = 0;
+  for (int i = 0; i < np; ++i) any |= bits[i];
+  for (int64_t m0 = 0; m0 < M; m0 += 16) {
+    float* c = C + m0 * ldc;
+    if (any & 1u) _tile_loadd(0, c, sc);
+    if (any & 2u) _tile_loadd(1, c + 16, sc);
+    if (any & 4u) _tile_loadd(2, c + 32, sc);
+    if (any & 8u) _tile_loadd(3, c + 48, sc);
+    int ab = 0, bb = 0;
+    for (int i = 0; i < np; ++i)
+      for (int64_t k0 = 0; k0 < K[i]; k0 += 32, ab ^= 1) {
+        const uint16_t* a = A[i] + (k0 / 32) * a_ks + m0 * lda;
+        const uint16_t* b = B + ((row[i] + k0) / 2) * ldb;
+        if (ab) _tile_loadd(5, a, sa);
+        else _tile_loadd(4, a, sa);
+        for (uint32_t w = bits[i]; w; w &= w - 1, bb ^= 1) {
+          const int v = __builtin_ctz(w);
+          if (bb) {
+            _tile_loadd(7, b + 32 * v, sb);
+            if (ab) { AK_TDP_V(v, 5, 7) } else { AK_TDP_V(v, 4, 7) }
+          } else {
+            _tile_loadd(6, b + 32 * v, sb);
+            if (ab) { AK_TDP_V(v, 5, 6) } else { AK_TDP_V(v, 4, 6) }
+          }
+        }
+      }
+    if (any & 1u) _tile_stored(0, c, sc);
+    if (any & 2u) _tile_stored(1, c + 16, sc);
+    if (any & 4u) _tile_stored(2, c + 32, sc);
+    if (any & 8u) _tile_stored(3, c + 48, sc);
+  }
+}
+#undef AK_TDP_V
+
 // 2^x for the bf16 path, where probabilities are rounded to 8 bits anyway:
-// degree-4 polynomial on the rounded split x = n + f (relative error 2.6e-6,
-// fitted here for |f| <= 1/2) and VSCALEFPS for the 2^n. x < -125 (masked -inf
-// included) gives exactly 0 through a zeroing mask rather than an underflowing
-// scalef: a result below FLT_MIN costs a microcode assist per element (no FTZ),
-// which made score tiles that are mostly masked (neighborhood attention) ~10x
-// slower. NaN stays NaN (the unordered compare keeps it).
+// degree-3 polynomial on the rounded split x = n + f (relative error 7.5e-5,
+// fitted here for |f| <= 1/2; bf16 rounding is 2^-9) and VSCALEFPS for the 2^n.
+// x < -125 (masked -inf included) gives exactly 0 through a zeroing mask rather
+// than an underflowing scalef: a result below FLT_MIN costs a microcode assist
+// per element (no FTZ), which made score tiles that are mostly masked
+// (neighborhood attention) ~10x slower. The masked lanes' f may be NaN (-inf -
+// -inf); the mask drops it. NaN stays NaN (the unordered compare keeps it).
 inline vf exp2_bf16(vf xv) {
-  __m512 x = reinterpret_cast<__m512>(xv);
-  const __m512 lo = _mm512_set1_ps(-125.f);
-  const __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
-  x = _mm512_mask_mov_ps(x, static_cast<__mmask16>(~live), lo);
+  const __m512 x = reinterpret_cast<__m512>(xv);
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.f), _CMP_NLT_UQ);
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(9.571164590e-03f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.591795666e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402471869e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931217968e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.999992692e-01f));
+  __m512 p = _mm512_set1_ps(5.5171605e-02f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4261111e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9326097e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9992806e-01f));
   return reinterpret_cast<vf>(_mm512_maskz_scalef_ps(live, p, n));
+}
+
+// c * s - ref in one rounding.
+inline vf fms(vf s, vf c, vf ref) {
+  return reinterpret_cast<vf>(_mm512_fmsub_ps(reinterpret_cast<__m512>(s), reinterpret_cast<__m512>(c),
+                                              reinterpret_cast<__m512>(ref)));
 }
 
 // Two fp32 vectors of 16 lanes -> 32 bf16 (round to nearest even).
@@ -260,10 +315,11 @@ inline __m512i interleave_index() {
 constexpr float kSlack = 8.f;
 
 // The step on the lanes [0, 16 * NV) (pointers offset by the caller; rows of S
-// are kQ floats apart, rows of P 2 * kQ halves).
+// are kQ floats apart, rows of P 2 * kQ halves), over the row pieces
+// [r0[i], r0[i] + n[i]) of S and P (even starts and counts).
 template <int NV>
-bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
-                         uint16_t* P) {
+bool softmax_vnni_rows(const float* S, int np, const int64_t* r0, const int64_t* n, float c, float* m,
+                       float* l, float* alpha, uint16_t* P) {
   const __m512i ilv = interleave_index();
   vf ref[NV], sum[NV];
   bool all_finite = true;
@@ -273,22 +329,25 @@ bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l
     for (int i = 0; i < 16; ++i) all_finite &= fin[i] != 0;
   }
   if (all_finite) {
-    // One pass against the current reference max, watching the chunk's max.
+    // One pass against the current reference max, watching the chunk's (raw) max;
+    // c > 0, so max(c s) = c max(s).
+    const vf cv = splat(c);
     vf mx[NV];
     for (int v = 0; v < NV; ++v) mx[v] = splat(-INFINITY), sum[v] = splat(0.f);
-    for (int64_t j = 0; j < nk; j += 2) {
-      uint16_t* row = P + (j / 2) * 2 * kQ;
-      for (int v = 0; v < NV; ++v) {
-        const vf s0 = loadu(S + j * kQ + 16 * v) * c, s1 = loadu(S + (j + 1) * kQ + 16 * v) * c;
-        mx[v] = vmax(mx[v], vmax(s0, s1));
-        const vf p0 = exp2_bf16(s0 - ref[v]), p1 = exp2_bf16(s1 - ref[v]);
-        sum[v] += p0 + p1;
-        _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
+    for (int q = 0; q < np; ++q)
+      for (int64_t j = r0[q]; j < r0[q] + n[q]; j += 2) {
+        uint16_t* row = P + (j / 2) * 2 * kQ;
+        for (int v = 0; v < NV; ++v) {
+          const vf s0 = loadu(S + j * kQ + 16 * v), s1 = loadu(S + (j + 1) * kQ + 16 * v);
+          mx[v] = vmax(mx[v], vmax(s0, s1));
+          const vf p0 = exp2_bf16(fms(s0, cv, ref[v])), p1 = exp2_bf16(fms(s1, cv, ref[v]));
+          sum[v] += p0 + p1;
+          _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
+        }
       }
-    }
     bool ok = true;
     for (int v = 0; v < NV; ++v) {
-      vi big = mx[v] > ref[v] + kSlack;
+      vi big = mx[v] * c > ref[v] + kSlack;
       for (int i = 0; i < 16; ++i) ok &= big[i] == 0;
     }
     if (ok) {
@@ -302,8 +361,9 @@ bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l
   // Two passes: the chunk's max first, then the probabilities against it.
   vf mx[NV];
   for (int v = 0; v < NV; ++v) mx[v] = splat(-INFINITY);
-  for (int64_t j = 0; j < nk; ++j)
-    for (int v = 0; v < NV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
+  for (int q = 0; q < np; ++q)
+    for (int64_t j = r0[q]; j < r0[q] + n[q]; ++j)
+      for (int v = 0; v < NV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
   vf use[NV];
   bool rescale = false;
   for (int v = 0; v < NV; ++v) {
@@ -319,18 +379,34 @@ bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l
     for (int i = 0; i < 16; ++i) rescale |= ne[i] != 0;
     sum[v] = splat(0.f);
   }
-  for (int64_t j = 0; j < nk; j += 2) {
-    uint16_t* row = P + (j / 2) * 2 * kQ;
-    for (int v = 0; v < NV; ++v) {
-      const vf p0 = exp2_bf16(loadu(S + j * kQ + 16 * v) * c - use[v]);
-      const vf p1 = exp2_bf16(loadu(S + (j + 1) * kQ + 16 * v) * c - use[v]);
-      sum[v] += p0 + p1;
-      _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
+  const vf cv = splat(c);
+  for (int q = 0; q < np; ++q)
+    for (int64_t j = r0[q]; j < r0[q] + n[q]; j += 2) {
+      uint16_t* row = P + (j / 2) * 2 * kQ;
+      for (int v = 0; v < NV; ++v) {
+        const vf p0 = exp2_bf16(fms(loadu(S + j * kQ + 16 * v), cv, use[v]));
+        const vf p1 = exp2_bf16(fms(loadu(S + (j + 1) * kQ + 16 * v), cv, use[v]));
+        sum[v] += p0 + p1;
+        _mm512_storeu_si512(row + 32 * v, _mm512_permutexvar_epi16(ilv, to_bf16(p0, p1)));
+      }
     }
-  }
   for (int v = 0; v < NV; ++v)
     storeu(l + 16 * v, loadu(l + 16 * v) * loadu(alpha + 16 * v) + sum[v]);
   return rescale;
+}
+
+template <int NV>
+bool softmax_step_vnni_n(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
+                         uint16_t* P) {
+  const int64_t r0 = 0;
+  return softmax_vnni_rows<NV>(S, 1, &r0, &nk, c, m, l, alpha, P);
+}
+
+// Query vector v over the row pieces of a chunk (see Bf16Kernels).
+bool softmax_step_vnni_rows(const float* S, int np, const int64_t* r0, const int64_t* n, float c,
+                            float* m, float* l, float* alpha, uint16_t* P, int v) {
+  const int o = 16 * v;
+  return softmax_vnni_rows<1>(S + o, np, r0, n, c, m + o, l + o, alpha + o, P + 2 * o);
 }
 
 bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, float* alpha,
@@ -359,7 +435,7 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
     for (int r = 0; r < 2; ++r)
       for (int v = 0; v < kQV; ++v) {
         const int64_t o = (j + r) * kQ + 16 * v;
-        p[r][v] = exp2_bf16(loadu(S + o) * c - L[v]);
+        p[r][v] = exp2_bf16(fms(loadu(S + o), splat(c), L[v]));
         ds[r][v] = p[r][v] * (loadu(dP + o) - D[v]) * ds_scale;
         if (cap_grad) ds[r][v] *= loadu(cap_grad + o);
       }
@@ -376,8 +452,10 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
   }
 }
 
-const Bf16Kernels kBf16{tiles_begin,       tiles_end,         tile_gemm,          tile_gemm_ks,
-                        softmax_step_vnni, softmax_grad_bf16, tile_gemm_gather_m, tile_gemm_gather_k};
+const Bf16Kernels kBf16{tiles_begin,        tiles_end,          tile_gemm,
+                        tile_gemm_ks,       softmax_step_vnni,  softmax_grad_bf16,
+                        tile_gemm_gather_m, tile_gemm_gather_k, softmax_step_vnni_rows,
+                        tile_gemm_vectors};
 
 }  // namespace
 }  // namespace attnkit::cpu::isa_amx

@@ -269,6 +269,80 @@ void transpose32(const void* src_, int64_t lds, int64_t rows, int64_t cols, void
     for (int64_t c = r < R ? C : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
+void store_row(const float* src, int64_t n, attnkit::DType dtype, void* dst);
+
+// dst[c * ldd + r] = unit c of row src[r] (32-bit units) for r < rows, c < cols,
+// both multiples of 16; a row holds src_bytes valid bytes, the rest (and null
+// rows) read as zero. The transposition of a tile's rows straight from the input.
+void gather_transpose32(const void* const* src, int64_t rows, int64_t src_bytes, int64_t cols,
+                        void* dst_, int64_t ldd) {
+  uint32_t* dst = static_cast<uint32_t*>(dst_);
+  for (int64_t r0 = 0; r0 < rows; r0 += 16)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int64_t off = 4 * c0, valid = src_bytes - off;  // bytes of this block in a row
+      vu v[16];
+      for (int i = 0; i < 16; ++i) {
+        const char* row = static_cast<const char*>(src[r0 + i]);
+        if (row && valid >= 64) {
+          v[i] = *reinterpret_cast<const vuu*>(row + off);
+        } else {
+          v[i] = vu{};
+          if (row && valid > 0) std::memcpy(&v[i], row + off, static_cast<size_t>(valid));
+        }
+      }
+      butterfly<8>(v);
+      butterfly<4>(v);
+      butterfly<2>(v);
+      butterfly<1>(v);
+      for (int i = 0; i < 16; ++i) *reinterpret_cast<vuu*>(dst + (c0 + i) * ldd + r0) = v[i];
+    }
+}
+
+// Row r < n of the output, dst[r][c] = X[c][r] * scale[r] for c < cols, converted
+// to `dtype`: the unnormalised O^T of a tile ([cols][kQ], rows kQ floats apart)
+// normalised, transposed and stored in one pass.
+void store_transposed(const float* X, int64_t cols, const float* scale, int64_t n, void* const* dst,
+                      attnkit::DType dtype) {
+  using attnkit::DType;
+  const int64_t es = dtype == DType::Float32 ? 4 : 2;
+  for (int64_t r0 = 0; r0 < n; r0 += 16) {
+    const vf sc = loadu(scale + r0);
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+      vu v[16];
+      for (int i = 0; i < 16; ++i) {
+        const vf x = i < nc ? loadu(X + (c0 + i) * kQ + r0) * sc : vf{};
+        v[i] = reinterpret_cast<const vu&>(x);
+      }
+      butterfly<8>(v);
+      butterfly<4>(v);
+      butterfly<2>(v);
+      butterfly<1>(v);
+      for (int i = 0; i < 16 && r0 + i < n; ++i) {
+        char* d = static_cast<char*>(dst[r0 + i]) + c0 * es;
+        if (dtype == DType::Float32) {
+          if (nc == 16) *reinterpret_cast<vuu*>(d) = v[i];
+          else std::memcpy(d, &v[i], static_cast<size_t>(4 * nc));
+        } else if (dtype == DType::BFloat16) {
+          // round to nearest even; NaN stays (quiet) NaN
+          const vu u = v[i];
+          const vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+          const vu h = ((u & 0x7fffffffu) > 0x7f800000u) ? ((u >> 16) | 0x40u) : r;
+          typedef uint16_t vh16 __attribute__((vector_size(32)));
+          typedef uint16_t vh16u __attribute__((vector_size(32), aligned(2), may_alias));
+          const vh16 out = __builtin_convertvector(h, vh16);
+          if (nc == 16) *reinterpret_cast<vh16u*>(d) = out;
+          else std::memcpy(d, &out, static_cast<size_t>(2 * nc));
+        } else {
+          alignas(64) float tmp[16];
+          std::memcpy(tmp, &v[i], sizeof(tmp));
+          store_row(tmp, nc, dtype, d);
+        }
+      }
+    }
+  }
+}
+
 // out[2i] = a[i], out[2i+1] = b[i] for 16-bit elements (b null: zeros).
 void interleave16(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
   // lo[2i] = i, lo[2i+1] = 32 + i; hi the same for i + 16.
@@ -362,6 +436,6 @@ const attnkit::cpu::KernelTable* AK_TABLE_FN() {
   static const attnkit::cpu::KernelTable table{AK_ISA_NAME, gemm,        softmax_step, softmax_grad,
                                                softcap,     scale_rows,  transpose32,  interleave16,
                                                load_row,    store_row,   nullptr,      scale_lanes,
-                                               gather_rows};
+                                               gather_rows, gather_transpose32, store_transposed};
   return &table;
 }

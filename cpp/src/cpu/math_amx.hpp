@@ -29,6 +29,9 @@ inline const uint16_t* u16c(const FloatBuffer& b) { return reinterpret_cast<cons
 
 class AmxMath {
  public:
+  // Shared walks gather a tile's ranges into chunks (engine.hpp): O^T stays in
+  // tile registers over a chunk and each V^T block serves all its vectors.
+  static constexpr bool kTileChunks = true;
   KvRows rows;
 
   template <class Sched>
@@ -86,14 +89,15 @@ class AmxMath {
   void end() const { B_.end(); }
 
   // ---------------------------------------------------------------- forward
-  // Scratch (bf16): Q^T VNNI [ldk32/2][2kQ], P^T VNNI [kv_tile/2][2kQ], q rows [kQ][ldk32].
-  int64_t fwd_scratch_floats() const { return (2 * ldk32_ * kQ + a_.kv_tile * kQ) / 2 + kLanes; }
+  // Scratch (bf16): Q^T VNNI [ldk32/2][2kQ], P^T VNNI [kv_tile/2][2kQ].
+  int64_t fwd_scratch_floats() const { return (ldk32_ * kQ + a_.kv_tile * kQ) / 2 + kLanes; }
 
+  // Q^T VNNI straight from the input rows (pairs of dims are 32-bit units).
   void fwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     uint16_t* QTv = reinterpret_cast<uint16_t*>(ws);
-    uint16_t* Qrows = fwd_pv(ws) + a_.kv_tile * kQ;
-    load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, Qrows);
-    K_.transpose32(Qrows, ldk32_ / 2, kQ, ldk32_ / 2, QTv, kQ);
+    const void* src[kQ];
+    for (int i = 0; i < kQ; ++i) src[i] = i < n ? a_.q.row(P.b, tok[i], P.hq) : nullptr;
+    K_.gather_transpose32(src, kQ, 2 * a_.dqk, ldk32_ / 2, QTv, kQ);
   }
 
   // Active query vectors (bits) are column runs of 16: of Q^T VNNI (2 halves per
@@ -154,6 +158,24 @@ class AmxMath {
     }
     B_.tile_gemm_gather_k(dv16_, np, A, K, 32, 32 * dv16_, fwd_pv(ws) + 2 * kLanes * v, 2 * kQ,
                           OT + kLanes * v, kQ, true);
+  }
+
+  // Tile chunks (engine.hpp): the softmax of vector v over its pieces of the
+  // chunk, and O^T += V^T P^T over all pieces, each for the vectors in its bits.
+  bool softmax_rows(float* ST, int np, const int64_t* r0, const int64_t* nr, float* m, float* l,
+                    float* alpha, float* ws, int v) const {
+    return B_.softmax_step_vnni_rows(ST, np, r0, nr, c_, m, l, alpha, fwd_pv(ws), v);
+  }
+  void pv_chunk(int64_t kvp, const detail::ChunkPiece* pc, const uint32_t* bits, int np, float* ws,
+                float* OT) const {
+    const uint16_t* A[detail::kMaxPieces];
+    int64_t K[detail::kMaxPieces], row[detail::kMaxPieces];
+    for (int i = 0; i < np; ++i) {
+      A[i] = key_blocks(vt_, vts_, kvp, pc[i].c0, dv16_);
+      K[i] = pc[i].nk;
+      row[i] = pc[i].row;
+    }
+    B_.tile_gemm_vectors(dv16_, np, A, K, row, bits, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ);
   }
 
   // ---------------------------------------------------------------- backward

@@ -74,6 +74,9 @@ inline void gather_key_rows(const TokenLayout& L, const KvProblemRef& kv, const 
 
 class FmaMath {
  public:
+  // Shared walks run range by range (engine.hpp): fp32 GEMMs gain nothing from
+  // longer chunks, and its softmax steps are on all rows of a range anyway.
+  static constexpr bool kTileChunks = false;
   KvRows rows;
 
   template <class Sched>
@@ -168,6 +171,13 @@ class FmaMath {
                  float* OT, int v) const {
     for (int i = 0; i < np; ++i) pv(kvp, pc[i].c0, pc[i].nk, PT + pc[i].row * kQ, ws, OT, 1u << v);
   }
+  // Tile chunks are not used with this policy (kTileChunks); these keep the
+  // engine's code for them compiling.
+  bool softmax_rows(float*, int, const int64_t*, const int64_t*, float*, float*, float*, float*,
+                    int) const {
+    return false;
+  }
+  void pv_chunk(int64_t, const detail::ChunkPiece*, const uint32_t*, int, float*, float*) const {}
 
   // ---------------------------------------------------------------- backward
   // Scratch: QT [D][kQ], Qr [kQ][ldk], dOT [Dv][kQ], dOr [kQ][ldv], dQ [kQ][ldk].
