@@ -289,6 +289,13 @@ NaPlan choose_na_plan(const NaProblem& p) {
   // of 16); the vector blocks are shifted instead (qo) so that their window unions
   // start on tile boundaries. 2-D 13x13: 4x4 tiles, blocks at -2 mod 4.
   if (kernels().bf16 != nullptr && p.dtype == DType::BFloat16) {
+    // The AMX engine walks a tile's ranges as chunks shared by its vectors
+    // (engine.hpp), best when the vectors reach the same key rows: blocks stacked
+    // along the outermost axis share every range along the inner ones.
+    if (p.ndim > 1 && plan.vb[d0] * 4 <= p.axis[d0].group_len(0)) {
+      for (int d = 0; d < 3; ++d) plan.qa[d] = 1;
+      plan.qa[d0] = 4;
+    }
     // Least coverage over the block shifts, and the shift that gives it.
     auto best_shift = [&](int d, int kt, int* qo) {
       double best_cov = -1;
@@ -414,7 +421,9 @@ std::shared_ptr<const NaGeometry> geometry_for(const NaProblem& p, int threads) 
   return g;
 }
 
-constexpr int64_t kFwdKvTile = 128;
+// Forward chunk heights: the AMX path gathers a tile's ranges into one chunk
+// (a 2-D 13x13 tile's 7 strips of 64 keys).
+constexpr int64_t kFwdKvTile = 128, kFwdKvTileAmx = 512;
 constexpr int64_t kBwdKvTile = 64;
 
 }  // namespace
@@ -424,7 +433,7 @@ void na_forward(const NaProblem& p, int threads) {
   const auto geo = geometry_for(p, threads);
   NaSchedule sched(*geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
-  a.kv_tile = kFwdKvTile;
+  a.kv_tile = kernels().bf16 != nullptr && p.dtype == DType::BFloat16 ? kFwdKvTileAmx : kFwdKvTile;
   sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
   if (p.n_extra == 0) {
     sched.set_prefetch(1, {&a.out, p.head_dim_v, true});

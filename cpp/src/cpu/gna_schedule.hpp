@@ -198,15 +198,17 @@ class NaGeometry {
     QTile& T = tiles_[ti];
     int n = 0;
     // Lanes: the tile's vector blocks, each block's tokens row-major. Blocks go in
-    // snake order (each row reversed after the previous one) so that consecutive
-    // vectors hold adjacent blocks and the vectors a kv range reaches tend to be
-    // consecutive (one GEMM run). Blocks clipped by the grid's edge are compacted
-    // (vectors may then straddle blocks).
-    for (int b0 = 0; b0 < plan_.qa[0]; ++b0)
+    // snake order (each column reversed after the previous one), outer axes
+    // fastest: blocks that differ only on an outer axis reach the same ranges along
+    // the last one (its kv tiles are cut where the blocks' unions start and end,
+    // in every row of kv tiles), so those vectors are consecutive (one GEMM run).
+    // Blocks clipped by the grid's edge are compacted (vectors may then straddle
+    // blocks).
+    for (int b2 = 0; b2 < plan_.qa[2]; ++b2)
       for (int s1 = 0; s1 < plan_.qa[1]; ++s1)
-        for (int s2 = 0; s2 < plan_.qa[2]; ++s2) {
-          const int b1 = (b0 % 2) ? plan_.qa[1] - 1 - s1 : s1;
-          const int b2 = ((b0 * plan_.qa[1] + s1) % 2) ? plan_.qa[2] - 1 - s2 : s2;
+        for (int s0 = 0; s0 < plan_.qa[0]; ++s0) {
+          const int b1 = (b2 % 2) ? plan_.qa[1] - 1 - s1 : s1;
+          const int b0 = ((b2 * plan_.qa[1] + s1) % 2) ? plan_.qa[0] - 1 - s0 : s0;
           const int bc[3] = {b0, b1, b2};
           int64_t o[3], e[3];
           for (int d = 0; d < 3; ++d) {
