@@ -9,6 +9,8 @@
 //     int64_t num_kv_problems() const;          // (batch, kv head[, group]) units
 //     KvProblemRef kv_problem(int64_t kp) const;
 //     int64_t kv_token(const KvProblemRef&, int64_t idx) const;  // kv index -> token id
+//       // or -1: a padding key (zero K and V rows; the schedule masks it for every
+//       // query and never marks a range holding it full)
 //     int q_tile(const ProblemRef&, int64_t t, int64_t* tok) const;  // token ids, <= kQ
 //     template <class F> void for_each_kv_tile(const ProblemRef&, int64_t t, F&& f) const;
 //       // f(k0, k1, full): kv index range [k0, k1); full = no element is masked
@@ -427,6 +429,7 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
     if (chunks == 1) {
       for (int64_t r = 0; r < KV.nk; ++r) {
         const int64_t tok = s.kv_token(KV, r);
+        if (tok < 0) continue;  // padding key
         store_row(dKacc + r * ldk, D, a.dk.dtype, a.dk.row(KV.b, tok, KV.hkv));
         store_row(dVacc + r * ldv, Dv, a.dv_.dtype, a.dv_.row(KV.b, tok, KV.hkv));
       }
@@ -447,6 +450,7 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
       for (int64_t r = items[it].second; r < r1; ++r) {
         const int64_t g = rows.base[kp] + r;
         const int64_t tok = s.kv_token(KV, r);
+        if (tok < 0) continue;  // padding key
         for (int which = 0; which < 2; ++which) {
           const int64_t dim = which ? Dv : D;
           const int64_t off = which ? rows_total * ldk + g * ldv : g * ldk;

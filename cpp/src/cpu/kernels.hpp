@@ -137,7 +137,8 @@ struct KernelTable {
   void (*scale_lanes)(float* X, int64_t rows, const float* alpha, int v0, int v1);
 
   // Row i of dst (dst_bytes apart) = the `bytes` bytes at src[i], zero-filled up
-  // to dst_bytes: packing rows gathered in a schedule's key order.
+  // to dst_bytes (null src[i]: a zero row): packing rows gathered in a schedule's
+  // key order.
   void (*gather_rows)(const void* const* src, int64_t n, int64_t bytes, void* dst, int64_t dst_bytes);
 
   // transpose32 of rows gathered from src[r] (r < rows; null rows and bytes past

@@ -361,17 +361,21 @@ void interleave16(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out
   }
 }
 
-// dst row i (dst_bytes apart) = the `bytes` bytes at src[i], zero up to dst_bytes.
-// Source rows are prefetched a few rows ahead: they are gathered in an order the
-// hardware prefetchers do not follow.
+// dst row i (dst_bytes apart) = the `bytes` bytes at src[i], zero up to dst_bytes
+// (a null src[i]: all zero). Source rows are prefetched a few rows ahead: they
+// are gathered in an order the hardware prefetchers do not follow.
 void gather_rows(const void* const* src, int64_t n, int64_t bytes, void* dst_, int64_t dst_bytes) {
   constexpr int64_t kAhead = 6;
   char* dst = static_cast<char*>(dst_);
   for (int64_t i = 0; i < n; ++i) {
-    if (i + kAhead < n)
+    if (i + kAhead < n && src[i + kAhead])
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(src[i + kAhead]) + o, 0, 3);
     const char* s = static_cast<const char*>(src[i]);
     char* d = dst + i * dst_bytes;
+    if (!s) {
+      std::memset(d, 0, static_cast<size_t>(dst_bytes));
+      continue;
+    }
     int64_t o = 0;
     for (; o + 64 <= bytes; o += 64) storeu(reinterpret_cast<float*>(d + o), loadu(reinterpret_cast<const float*>(s + o)));
     if (o < bytes) std::memcpy(d + o, s + o, bytes - o);

@@ -59,7 +59,8 @@ void for_each_kv_block(const Sched& s, int threads, F&& f) {
 }
 
 // Copies (gathers) a block of key rows of layout L into dst (rows dst_width
-// elements of the layout's dtype apart, zero past dim).
+// elements of the layout's dtype apart, zero past dim); padding keys (token -1)
+// give zero rows.
 inline void gather_key_rows(const TokenLayout& L, const KvProblemRef& kv, const int64_t* tok, int64_t n,
                             int64_t dim, int64_t dst_width, void* dst) {
   constexpr int64_t kBatch = 64;
@@ -67,7 +68,7 @@ inline void gather_key_rows(const TokenLayout& L, const KvProblemRef& kv, const 
   const int64_t es = dtype_size(L.dtype);
   for (int64_t i0 = 0; i0 < n; i0 += kBatch) {
     const int64_t m = std::min(kBatch, n - i0);
-    for (int64_t i = 0; i < m; ++i) src[i] = L.row(kv.b, tok[i0 + i], kv.hkv);
+    for (int64_t i = 0; i < m; ++i) src[i] = tok[i0 + i] < 0 ? nullptr : L.row(kv.b, tok[i0 + i], kv.hkv);
     kernels().gather_rows(src, m, dim * es, static_cast<char*>(dst) + i0 * dst_width * es, dst_width * es);
   }
 }
@@ -99,6 +100,11 @@ class FmaMath {
         return;
       }
       for (int64_t i = 0; i < n; ++i, kd += ldk_, vd += ldv_) {
+        if (tok[i] < 0) {  // padding key
+          std::fill(kd, kd + ldk_, 0.f);
+          std::fill(vd, vd + ldv_, 0.f);
+          continue;
+        }
         load_row(a.k.row(kv.b, tok[i], kv.hkv), a.k.dtype, a.dqk, kd);
         load_row(a.v.row(kv.b, tok[i], kv.hkv), a.v.dtype, a.dv, vd);
         std::fill(kd + a.dqk, kd + ldk_, 0.f);
