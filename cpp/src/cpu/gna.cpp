@@ -153,10 +153,11 @@ double mean_union(const NaAxis& ax, int64_t vb) {
 // kv tiles (extent kt, boundaries at ko mod kt) that cover the block's window
 // union (group 0). Blocks clipped by the grid's edge count by the share of a
 // block they fill: tiles pack their lanes densely.
-double covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko, int64_t qo = 0) {
+double covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko, int64_t qo = 0,
+               bool padded = false) {
   const int64_t ng = ax.group_len(0);
   const int64_t shift = (kt - ko % kt) % kt;
-  auto start = [&](int64_t j) { return std::clamp<int64_t>(j * kt - shift, 0, ng); };
+  auto start = [&](int64_t j) { return padded ? j * kt - shift : std::clamp<int64_t>(j * kt - shift, 0, ng); };
   double sum = 0;
   for (int64_t b = -qo; b < ng; b += vb) {
     const int64_t b0 = std::max<int64_t>(b, 0), b1 = std::min(b + vb, ng);
@@ -170,7 +171,7 @@ double covered(const NaAxis& ax, int64_t vb, int64_t kt, int64_t ko, int64_t qo 
 }
 
 // Developer knob for tuning and tests:
-// ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0"
+// ATTNKIT_GNA_PLAN="vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0,pad=0"
 // (axes right-aligned like NaAxis; entries on unused axes are ignored).
 void apply_plan_override(NaPlan* plan, int ndim) {
   const char* env = std::getenv("ATTNKIT_GNA_PLAN");
@@ -179,7 +180,7 @@ void apply_plan_override(NaPlan* plan, int ndim) {
   const char* c = env;
   auto bad = [&]() {
     throw Error(ErrorCode::InvalidArgument,
-                std::string("ATTNKIT_GNA_PLAN must look like vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0 "
+                std::string("ATTNKIT_GNA_PLAN must look like vb=1x4x4,qa=1x2x2,kt=1x4x1,ko=0x2x0,qo=0x0x0,pad=0 "
                             "(prod vb <= 16, prod qa <= 4, kt >= 1, 0 <= ko < kt, 0 <= qo < vb), got '") +
                     env + "'");
   };
@@ -190,6 +191,15 @@ void apply_plan_override(NaPlan* plan, int ndim) {
     else if (!std::strncmp(c, "kt=", 3)) dst = p.kt;
     else if (!std::strncmp(c, "ko=", 3)) dst = p.ko;
     else if (!std::strncmp(c, "qo=", 3)) dst = p.qo;
+    else if (!std::strncmp(c, "pad=", 4)) {
+      char* end;
+      const long x = std::strtol(c + 4, &end, 10);
+      if (end == c + 4 || (x != 0 && x != 1)) bad();
+      p.pad = static_cast<int>(x);
+      c = end;
+      if (*c == ',') ++c;
+      continue;
+    }
     if (!dst) bad();
     c += 3;
     for (int d = 0; d < 3; ++d) {
@@ -284,10 +294,9 @@ NaPlan choose_na_plan(const NaProblem& p) {
   }
   // The AMX path computes key chunks that start on multiples of 16 keys
   // (NaSchedule::kKeyRanges16) and hold multiples of 32. Its kv tiles hold 16 keys
-  // (the outer extents times a last-axis extent) and start at coordinate 0 on
-  // every axis (ko = 0: no clipped tile shifts the ones after it off the multiples
-  // of 16); the vector blocks are shifted instead (qo) so that their window unions
-  // start on tile boundaries. 2-D 13x13: 4x4 tiles, blocks at -2 mod 4.
+  // (the outer extents times a last-axis extent), padded where the grid clips them
+  // (plan.pad), so that every tile starts on a multiple of 16; their boundaries
+  // follow the vector blocks' window unions (ko). 2-D 13x13: 4x4 tiles at 2 mod 4.
   if (kernels().bf16 != nullptr && p.dtype == DType::BFloat16) {
     // The AMX engine walks a tile's ranges as chunks shared by its vectors
     // (engine.hpp), best when the vectors reach the same key rows: blocks stacked
@@ -296,12 +305,12 @@ NaPlan choose_na_plan(const NaProblem& p) {
       for (int d = 0; d < 3; ++d) plan.qa[d] = 1;
       plan.qa[d0] = 4;
     }
-    // Least coverage over the block shifts, and the shift that gives it.
-    auto best_shift = [&](int d, int kt, int* qo) {
+    // Least (padded) coverage over the tile offsets, and the offset that gives it.
+    auto best_offset = [&](int d, int kt, int* ko) {
       double best_cov = -1;
-      for (int q = 0; q < plan.vb[d]; ++q) {
-        const double cov = covered(p.axis[d], plan.vb[d], kt, 0, q);
-        if (best_cov < 0 || cov < best_cov * (1 - 1e-9)) best_cov = cov, *qo = q;
+      for (int o = 0; o < kt; ++o) {
+        const double cov = covered(p.axis[d], plan.vb[d], kt, o, 0, true);
+        if (best_cov < 0 || cov < best_cov * (1 - 1e-9)) best_cov = cov, *ko = o;
       }
       return best_cov;
     };
@@ -311,14 +320,15 @@ NaPlan choose_na_plan(const NaProblem& p) {
       for (int b = 1; a * b <= 16; b *= 2) {
         const int kt[3] = {a, b, 16 / (a * b)};
         if ((d0 > 0 && a > 1) || (d0 > 1 && b > 1)) continue;
-        int qo[3] = {0, 0, 0};
+        int ko[3] = {0, 0, 0};
         double cost = 1;
-        for (int d = d0; d < 3; ++d) cost *= best_shift(d, kt[d], &qo[d]);
+        for (int d = d0; d < 3; ++d) cost *= best_offset(d, kt[d], &ko[d]);
         if (best < 0 || cost < best * (1 - 1e-9)) {
           best = cost;
-          for (int d = 0; d < 3; ++d) plan.kt[d] = kt[d], plan.ko[d] = 0, plan.qo[d] = qo[d];
+          for (int d = 0; d < 3; ++d) plan.kt[d] = kt[d], plan.ko[d] = ko[d], plan.qo[d] = 0;
         }
       }
+    plan.pad = 1;
   }
   apply_plan_override(&plan, p.ndim);
   return plan;

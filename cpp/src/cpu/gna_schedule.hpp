@@ -45,6 +45,10 @@ struct NaPlan {
   int ko[3] = {0, 0, 0};  // kv tile boundaries sit at coordinates = ko (mod kt)
   int qo[3] = {0, 0, 0};  // vector blocks start at coordinates = -qo (mod vb): the
                           // first block of an axis holds vb - qo coordinates
+  // Padded kv tiles: every kv tile keeps kt[0]*kt[1]*kt[2] kv indices, those of
+  // coordinates outside the grid being padding keys (no token, zero rows, masked),
+  // so that tiles start on multiples of their size even where the grid clips them.
+  int pad = 0;
 };
 
 // Chooses a plan for the problem's axes (gna.cpp).
@@ -105,7 +109,7 @@ class NaGeometry {
         g.nqt[d] = (g.ng[d] + plan_.qo[d] + qb - 1) / qb;
         g.shift[d] = (plan_.kt[d] - plan_.ko[d] % plan_.kt[d]) % plan_.kt[d];
         g.nkt[d] = (g.ng[d] - 1 + g.shift[d]) / plan_.kt[d] + 1;
-        g.nkv *= g.ng[d];
+        g.nkv *= plan_.pad ? g.nkt[d] * plan_.kt[d] : g.ng[d];
         nt *= g.nqt[d];
       }
       tiles += nt;
@@ -117,6 +121,115 @@ class NaGeometry {
     // Independent per group / tile: fill in parallel (large grids have ~T/64 tiles).
     parallel_for(G, threads, [&](int64_t gi) { fill_kv(gi); });
     parallel_for(tiles, threads, [&](int64_t ti) { fill_tile(ti); });
+    // The ranges depend only on the geometry: tabulated once, walked for every
+    // batch and head.
+    std::vector<std::vector<Range>> per_tile(tiles);
+    parallel_for(tiles, threads, [&](int64_t ti) {
+      const int64_t gi = group_of_tile(ti);
+      compute_ranges(groups_[gi], tiles_[ti], [&](int64_t k0, int64_t k1, bool full, uint32_t bits) {
+        per_tile[ti].push_back({k0, k1, bits, full ? 1u : 0u});
+      });
+    });
+    range_begin_.assign(tiles + 1, 0);
+    for (int64_t ti = 0; ti < tiles; ++ti) range_begin_[ti + 1] = range_begin_[ti] + static_cast<int64_t>(per_tile[ti].size());
+    ranges_.resize(range_begin_[tiles]);
+    for (int64_t ti = 0; ti < tiles; ++ti) std::copy(per_tile[ti].begin(), per_tile[ti].end(), ranges_.begin() + range_begin_[ti]);
+  }
+
+  // A kv range of a query tile: keys [k0, k1), the query vectors that reach them
+  // (bits) and whether they see all of them (full).
+  struct Range {
+    int64_t k0, k1;
+    uint32_t bits, full;
+  };
+  const Range* ranges(const Group& g, int64_t t) const { return &ranges_[range_begin_[g.first_tile + t]]; }
+  int range_count(const Group& g, int64_t t) const {
+    const int64_t ti = g.first_tile + t;
+    return static_cast<int>(range_begin_[ti + 1] - range_begin_[ti]);
+  }
+
+  // The kv tiles that intersect the union of tile T's windows, row by row (rows
+  // along the last axis are contiguous kv ranges), as maximal runs of tiles that
+  // reach the same query vectors: f(k0, k1, full, bits).
+  template <class F>
+  void compute_ranges(const Group& g, const QTile& T, F&& f) const {
+    const NaGeometry& geo_ = *this;
+    // Per vector and axis: kv tiles touched [ja, jb] and tiles inside the intersection [fa, fb].
+    int64_t ja[kQVecs][3], jb[kQVecs][3], fa[kQVecs][3], fb[kQVecs][3];
+    int64_t lo[3] = {INT64_MAX, INT64_MAX, INT64_MAX}, hi[3] = {-1, -1, -1};
+    uint32_t live = 0;
+    for (int v = 0; v < kQVecs; ++v) {
+      if (T.ulo[v][0] > T.uhi[v][0]) continue;  // no lanes
+      live |= 1u << v;
+      for (int d = 0; d < 3; ++d) {
+        ja[v][d] = geo_.tile_of(g, d, T.ulo[v][d]);
+        jb[v][d] = geo_.tile_of(g, d, T.uhi[v][d] - 1);
+        lo[d] = std::min(lo[d], ja[v][d]);
+        hi[d] = std::max(hi[d], jb[v][d]);
+        if (T.ilo[v][d] < T.ihi[v][d]) {
+          fa[v][d] = geo_.tile_of(g, d, T.ilo[v][d]);
+          if (geo_.tile_lo(g, d, fa[v][d]) < T.ilo[v][d]) ++fa[v][d];
+          fb[v][d] = geo_.tile_of(g, d, T.ihi[v][d] - 1);
+          if (geo_.tile_lo(g, d, fb[v][d] + 1) > T.ihi[v][d]) --fb[v][d];
+        } else {
+          fa[v][d] = 1;
+          fb[v][d] = 0;
+        }
+      }
+    }
+    if (!live) return;
+
+    int64_t run_k0 = -1, run_k1 = -1;
+    uint32_t run_bits = 0;
+    bool run_full = true;
+    auto emit = [&](int64_t k0, int64_t k1, uint32_t bits, bool full) {
+      if (run_k1 == k0 && run_bits == bits) {  // extend the run
+        run_k1 = k1;
+        run_full = run_full && full;
+        return;
+      }
+      if (run_k0 >= 0) f(run_k0, run_k1, run_full, run_bits);
+      run_k0 = k0;
+      run_k1 = k1;
+      run_bits = bits;
+      run_full = full;
+    };
+
+    for (int64_t j0 = lo[0]; j0 <= hi[0]; ++j0)
+      for (int64_t j1 = lo[1]; j1 <= hi[1]; ++j1) {
+        uint32_t row = 0, row_full = 0;
+        int64_t cuts[4 * kQVecs + 2];
+        int nc = 0;
+        for (int v = 0; v < kQVecs; ++v) {
+          if (!((live >> v) & 1u)) continue;
+          if (j0 < ja[v][0] || j0 > jb[v][0] || j1 < ja[v][1] || j1 > jb[v][1]) continue;
+          row |= 1u << v;
+          if (j0 >= fa[v][0] && j0 <= fb[v][0] && j1 >= fa[v][1] && j1 <= fb[v][1])
+            row_full |= 1u << v;
+          cuts[nc++] = ja[v][2];
+          cuts[nc++] = jb[v][2] + 1;
+          if (fa[v][2] <= fb[v][2]) {
+            cuts[nc++] = fa[v][2];
+            cuts[nc++] = fb[v][2] + 1;
+          }
+        }
+        if (!row) continue;
+        std::sort(cuts, cuts + nc);
+        nc = static_cast<int>(std::unique(cuts, cuts + nc) - cuts);
+        // Between consecutive cuts the set of vectors reached (and their fullness) is constant.
+        for (int c = 0; c + 1 < nc; ++c) {
+          const int64_t a = cuts[c], e = cuts[c + 1];  // tiles [a, e) along the last axis
+          uint32_t bits = 0;
+          bool full = true;
+          for (int v = 0; v < kQVecs; ++v) {
+            if (!((row >> v) & 1u) || a < ja[v][2] || e - 1 > jb[v][2]) continue;
+            bits |= 1u << v;
+            full = full && ((row_full >> v) & 1u) && a >= fa[v][2] && e - 1 <= fb[v][2];
+          }
+          if (bits) emit(geo_.kv_index(g, j0, j1, a), geo_.kv_index(g, j0, j1, e), bits, full);
+        }
+      }
+    if (run_k0 >= 0) f(run_k0, run_k1, run_full, run_bits);
   }
 
   int64_t num_groups() const { return static_cast<int64_t>(groups_.size()); }
@@ -135,7 +248,7 @@ class NaGeometry {
       if (a.size != b.size || a.kernel != b.kernel || a.stride != b.stride ||
           a.dilation != b.dilation || a.causal != b.causal || plan.vb[d] != plan_.vb[d] ||
           plan.qa[d] != plan_.qa[d] || plan.kt[d] != plan_.kt[d] || plan.ko[d] != plan_.ko[d] ||
-          plan.qo[d] != plan_.qo[d])
+          plan.qo[d] != plan_.qo[d] || plan.pad != plan_.pad)
         return false;
     }
     return true;
@@ -146,8 +259,14 @@ class NaGeometry {
     return std::clamp<int64_t>(j * plan_.kt[d] - g.shift[d], 0, g.ng[d]);
   }
   int64_t tile_of(const Group& g, int d, int64_t x) const { return (x + g.shift[d]) / plan_.kt[d]; }
+  // Start coordinate of kv tile j on axis d as far as its keys are concerned:
+  // padded tiles reach outside the grid (their keys there are padding).
+  int64_t tile_lo(const Group& g, int d, int64_t j) const {
+    return plan_.pad ? j * plan_.kt[d] - g.shift[d] : tile_start(g, d, j);
+  }
   // First kv index of kv tile (j0, j1, j2); j2 == nkt[2] gives the end of row (j0, j1).
   int64_t kv_index(const Group& g, int64_t j0, int64_t j1, int64_t j2) const {
+    if (plan_.pad) return ((j0 * g.nkt[1] + j1) * g.nkt[2] + j2) * plan_.kt[0] * plan_.kt[1] * plan_.kt[2];
     const int64_t s0 = tile_start(g, 0, j0), z0 = tile_start(g, 0, j0 + 1) - s0;
     const int64_t s1 = tile_start(g, 1, j1), z1 = tile_start(g, 1, j1 + 1) - s1;
     return (s0 * g.ng[1] + z0 * s1) * g.ng[2] + z0 * z1 * tile_start(g, 2, j2);
@@ -166,10 +285,30 @@ class NaGeometry {
     return t;
   }
 
+  // Coordinate of padding keys: outside every window.
+  static constexpr int32_t kPadCoord = -(1 << 30);
+
   void fill_kv(int64_t gi) {
     const Group& g = groups_[gi];
     int64_t gc[3];
     group_coords(gi, gc);
+    if (plan_.pad) {
+      int64_t idx = g.kv0;
+      for (int64_t j0 = 0; j0 < g.nkt[0]; ++j0)
+        for (int64_t j1 = 0; j1 < g.nkt[1]; ++j1)
+          for (int64_t j2 = 0; j2 < g.nkt[2]; ++j2) {
+            int64_t c[3];
+            for (c[0] = tile_lo(g, 0, j0); c[0] < tile_lo(g, 0, j0) + plan_.kt[0]; ++c[0])
+              for (c[1] = tile_lo(g, 1, j1); c[1] < tile_lo(g, 1, j1) + plan_.kt[1]; ++c[1])
+                for (c[2] = tile_lo(g, 2, j2); c[2] < tile_lo(g, 2, j2) + plan_.kt[2]; ++c[2], ++idx) {
+                  bool in = true;
+                  for (int d = 0; d < 3; ++d) in = in && c[d] >= 0 && c[d] < g.ng[d];
+                  kv_tok_[idx] = in ? token_of(gc, c) : -1;
+                  for (int d = 0; d < 3; ++d) kv_crd_[3 * idx + d] = in ? static_cast<int32_t>(c[d]) : kPadCoord;
+                }
+          }
+      return;
+    }
     for (int64_t j0 = 0; j0 < g.nkt[0]; ++j0)
       for (int64_t j1 = 0; j1 < g.nkt[1]; ++j1)
         for (int64_t j2 = 0; j2 < g.nkt[2]; ++j2) {
@@ -184,12 +323,15 @@ class NaGeometry {
         }
   }
 
+  // The group of tile ti (groups are few; tiles are listed group by group).
+  int64_t group_of_tile(int64_t ti) const {
+    return static_cast<int64_t>(std::upper_bound(groups_.begin(), groups_.end(), ti,
+                                                 [](int64_t x, const Group& g) { return x < g.first_tile; }) -
+                                groups_.begin()) - 1;
+  }
+
   void fill_tile(int64_t ti) {
-    // Find the group of tile ti (groups are few; tiles are listed group by group).
-    int64_t gi = static_cast<int64_t>(
-        std::upper_bound(groups_.begin(), groups_.end(), ti,
-                         [](int64_t x, const Group& g) { return x < g.first_tile; }) -
-        groups_.begin()) - 1;
+    const int64_t gi = group_of_tile(ti);
     const Group& g = groups_[gi];
     int64_t gc[3];
     group_coords(gi, gc);
@@ -262,6 +404,8 @@ class NaGeometry {
   std::vector<QTile> tiles_;
   std::vector<int64_t> kv_tok_;
   std::vector<int32_t> kv_crd_;
+  std::vector<int64_t> range_begin_;  // tiles + 1 offsets into ranges_
+  std::vector<Range> ranges_;
 };
 
 // The engine's Schedule (see the top of engine.hpp).
@@ -337,89 +481,13 @@ class NaSchedule {
   };
   void set_prefetch(int i, Prefetch p) { prefetch_[i] = p; }
 
-  // Visits the kv tiles that intersect the union of the tile's windows, row by row
-  // (rows along the last axis are contiguous kv ranges), as maximal runs of tiles
-  // that reach the same query vectors.
+  // The tile's kv ranges (tabulated by the geometry, see NaGeometry::ranges).
   template <class F>
   void for_each_kv_tile(const ProblemRef& r, int64_t t, F&& f) const {
     const auto& g = geo_.group(r.aux[0]);
-    const auto& T = geo_.tile(g, t);
-    // Per vector and axis: kv tiles touched [ja, jb] and tiles inside the intersection [fa, fb].
-    int64_t ja[kQVecs][3], jb[kQVecs][3], fa[kQVecs][3], fb[kQVecs][3];
-    int64_t lo[3] = {INT64_MAX, INT64_MAX, INT64_MAX}, hi[3] = {-1, -1, -1};
-    uint32_t live = 0;
-    for (int v = 0; v < kQVecs; ++v) {
-      if (T.ulo[v][0] > T.uhi[v][0]) continue;  // no lanes
-      live |= 1u << v;
-      for (int d = 0; d < 3; ++d) {
-        ja[v][d] = geo_.tile_of(g, d, T.ulo[v][d]);
-        jb[v][d] = geo_.tile_of(g, d, T.uhi[v][d] - 1);
-        lo[d] = std::min(lo[d], ja[v][d]);
-        hi[d] = std::max(hi[d], jb[v][d]);
-        if (T.ilo[v][d] < T.ihi[v][d]) {
-          fa[v][d] = geo_.tile_of(g, d, T.ilo[v][d]);
-          if (geo_.tile_start(g, d, fa[v][d]) < T.ilo[v][d]) ++fa[v][d];
-          fb[v][d] = geo_.tile_of(g, d, T.ihi[v][d] - 1);
-          if (geo_.tile_start(g, d, fb[v][d] + 1) > T.ihi[v][d]) --fb[v][d];
-        } else {
-          fa[v][d] = 1;
-          fb[v][d] = 0;
-        }
-      }
-    }
-    if (!live) return;
-
-    int64_t run_k0 = -1, run_k1 = -1;
-    uint32_t run_bits = 0;
-    bool run_full = true;
-    auto emit = [&](int64_t k0, int64_t k1, uint32_t bits, bool full) {
-      if (run_k1 == k0 && run_bits == bits) {  // extend the run
-        run_k1 = k1;
-        run_full = run_full && full;
-        return;
-      }
-      if (run_k0 >= 0) f(run_k0, run_k1, run_full, QueryVectors{run_bits});
-      run_k0 = k0;
-      run_k1 = k1;
-      run_bits = bits;
-      run_full = full;
-    };
-
-    for (int64_t j0 = lo[0]; j0 <= hi[0]; ++j0)
-      for (int64_t j1 = lo[1]; j1 <= hi[1]; ++j1) {
-        uint32_t row = 0, row_full = 0;
-        int64_t cuts[4 * kQVecs + 2];
-        int nc = 0;
-        for (int v = 0; v < kQVecs; ++v) {
-          if (!((live >> v) & 1u)) continue;
-          if (j0 < ja[v][0] || j0 > jb[v][0] || j1 < ja[v][1] || j1 > jb[v][1]) continue;
-          row |= 1u << v;
-          if (j0 >= fa[v][0] && j0 <= fb[v][0] && j1 >= fa[v][1] && j1 <= fb[v][1])
-            row_full |= 1u << v;
-          cuts[nc++] = ja[v][2];
-          cuts[nc++] = jb[v][2] + 1;
-          if (fa[v][2] <= fb[v][2]) {
-            cuts[nc++] = fa[v][2];
-            cuts[nc++] = fb[v][2] + 1;
-          }
-        }
-        if (!row) continue;
-        std::sort(cuts, cuts + nc);
-        nc = static_cast<int>(std::unique(cuts, cuts + nc) - cuts);
-        // Between consecutive cuts the set of vectors reached (and their fullness) is constant.
-        for (int c = 0; c + 1 < nc; ++c) {
-          const int64_t a = cuts[c], e = cuts[c + 1];  // tiles [a, e) along the last axis
-          uint32_t bits = 0;
-          bool full = true;
-          for (int v = 0; v < kQVecs; ++v) {
-            if (!((row >> v) & 1u) || a < ja[v][2] || e - 1 > jb[v][2]) continue;
-            bits |= 1u << v;
-            full = full && ((row_full >> v) & 1u) && a >= fa[v][2] && e - 1 <= fb[v][2];
-          }
-          if (bits) emit(geo_.kv_index(g, j0, j1, a), geo_.kv_index(g, j0, j1, e), bits, full);
-        }
-      }
-    if (run_k0 >= 0) f(run_k0, run_k1, run_full, QueryVectors{run_bits});
+    const NaGeometry::Range* R = geo_.ranges(g, t);
+    const int n = geo_.range_count(g, t);
+    for (int i = 0; i < n; ++i) f(R[i].k0, R[i].k1, R[i].full != 0, QueryVectors{R[i].bits});
   }
 
   void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S,
