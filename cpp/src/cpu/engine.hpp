@@ -345,6 +345,26 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
 
   FloatBuffer partial;
   if (chunks > 1) partial.reset(chunks * rows_total * (ldk + ldv), false);
+  // The key rows [lo, hi) each unit's chunks can reach: only those of its partial
+  // buffer are cleared and summed (a unit of neighborhood attention reaches a band
+  // of keys, not the whole problem). Depends only on the shapes: deterministic.
+  std::vector<std::pair<int64_t, int64_t>> reach(chunks > 1 ? nkp * chunks : 0);
+  if (chunks > 1)
+    parallel_for(nkp * chunks, threads, [&](int64_t unit) {
+      const int64_t kp = unit / chunks, c = unit % chunks;
+      const auto& list = work[kp];
+      const int64_t n_items = static_cast<int64_t>(list.size());
+      const int64_t nrows = rows.base[kp + 1] - rows.base[kp];
+      int64_t lo = nrows, hi = 0;
+      for (int64_t w = n_items * c / chunks; w < n_items * (c + 1) / chunks; ++w)
+        s.for_each_kv_tile(s.problem(list[w].first), list[w].second, [&](int64_t k0, int64_t k1, bool, auto...) {
+          if (k1 <= k0) return;
+          const int64_t a0 = math.chunk_start(k0);
+          lo = std::min(lo, a0);
+          hi = std::max(hi, std::min(nrows, a0 + math.chunk_keys(k1 - a0)));
+        });
+      reach[unit] = {lo, std::max(lo, hi)};
+    });
 
   const int64_t own = math.bwd_scratch_floats();
   const int64_t acc_local = chunks > 1 ? 0 : max_rows * (ldk + ldv);
@@ -379,8 +399,9 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
       dKacc = row + 2 * dmax + kLanes;
       dVacc = dKacc + max_rows * ldk;
     }
-    std::fill(dKacc, dKacc + nrows * ldk, 0.f);
-    std::fill(dVacc, dVacc + nrows * ldv, 0.f);
+    const int64_t z0 = chunks > 1 ? reach[unit].first : 0, z1 = chunks > 1 ? reach[unit].second : nrows;
+    std::fill(dKacc + z0 * ldk, dKacc + z1 * ldk, 0.f);
+    std::fill(dVacc + z0 * ldv, dVacc + z1 * ldv, 0.f);
     math.begin();
 
     for (int64_t w = i0; w < i1; ++w) {
@@ -456,6 +477,8 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
           const int64_t off = which ? rows_total * ldk + g * ldv : g * ldk;
           std::fill(row, row + dim, 0.f);
           for (int64_t c = 0; c < chunks; ++c) {
+            const auto& rc = reach[kp * chunks + c];
+            if (r < rc.first || r >= rc.second) continue;  // this unit's keys do not include r
             const float* src = partial.get() + c * rows_total * (ldk + ldv) + off;
             for (int64_t d = 0; d < dim; ++d) row[d] += src[d];
           }
