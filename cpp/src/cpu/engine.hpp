@@ -436,12 +436,8 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
         math.scores(P.kvp, c0, nk, math.bwd_qt(ws), ST, bits);
         float* cg = a.softcap > 0 ? CG : nullptr;
         math.finish_scores(ST, nk, cg);
-        if (const uint32_t off = ~bits & kAllQueryVectors) {
-          // Inactive lanes get P = 0, and no stale value can make a NaN.
-          fill_vectors(ST, nk, off, -INFINITY);
-          if (cg) fill_vectors(cg, nk, off, 0.f);
-        }
-        apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
+        // Lanes of vectors outside `bits` keep stale values: grad_step skips them.
+        apply_masks(s, P, t, c0, nk, k0, k1, full, ST, bits);
         math.grad_step(P.kvp, c0, nk, n, ST, dPT, cg, lse2, delta, dKacc, dVacc, ws, bits);
       });
       math.store_dq(P, tok, n, ws);

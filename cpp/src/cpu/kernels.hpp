@@ -54,10 +54,12 @@ struct Bf16Kernels {
   // Backward element-wise step like KernelTable::softmax_grad on raw scores
   // (log2 domain S * c): P = exp2(S*c - lse2), dS = P * (dP - delta) * ds_scale
   // (* cap_grad). Writes P^T and dS^T as bf16 rows [nk][kQ], and dS^T as bf16
-  // VNNI [nk/2][2*kQ]. nk is even.
+  // VNNI [nk/2][2*kQ]. nk is even. Lanes of query vectors outside `bits` get
+  // P = dS = 0 without their inputs being read.
   void (*softmax_grad_bf16)(const float* S, const float* dP, int64_t nk, float c,
                             const float* lse2, const float* delta, float ds_scale,
-                            const float* cap_grad, uint16_t* P, uint16_t* dS, uint16_t* dS_vnni);
+                            const float* cap_grad, uint16_t* P, uint16_t* dS, uint16_t* dS_vnni,
+                            uint32_t bits);
 
   // Gather GEMMs for one 16-column block (a query vector), A from several places.
   // tile_gemm_gather_m: C rows [r, r + M_i) = A_i[M_i x K] x B[K x 16] for pieces
@@ -105,10 +107,11 @@ struct KernelTable {
   bool (*softmax_step)(float* S, int64_t nk, float* m, float* l, float* alpha, int v0, int v1);
 
   // Backward element-wise step: P = exp2(S - lse2) into S, and
-  // dS = P * (dP - delta) * ds_scale into dP. Tiles are [nk][kQ].
-  // cap_grad (nullable) holds (1 - tanh^2) from softcap() and multiplies dS.
+  // dS = P * (dP - delta) * ds_scale into dP, on the query vectors [v0, v1).
+  // Tiles are [nk][kQ]. cap_grad (nullable) holds (1 - tanh^2) from softcap()
+  // and multiplies dS.
   void (*softmax_grad)(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
-                       float ds_scale, const float* cap_grad);
+                       float ds_scale, const float* cap_grad, int v0, int v1);
 
   // Soft-capping on raw scores: S = log2(e) * cap * tanh(S / cap) in place (the
   // result is in the log2 domain like every other score tile); if grad is

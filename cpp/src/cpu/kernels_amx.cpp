@@ -421,9 +421,10 @@ bool softmax_step_vnni(const float* S, int64_t nk, float c, float* m, float* l, 
   }
 }
 
-void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, const float* lse2,
-                       const float* delta, float ds_scale, const float* cap_grad, uint16_t* P,
-                       uint16_t* dS, uint16_t* dS_vnni) {
+template <bool kAll>
+void softmax_grad_bf16_t(const float* S, const float* dP, int64_t nk, float c, const float* lse2,
+                         const float* delta, float ds_scale, const float* cap_grad, uint16_t* P,
+                         uint16_t* dS, uint16_t* dS_vnni, uint32_t bits) {
   vf L[kQV], D[kQV];
   for (int v = 0; v < kQV; ++v) {
     L[v] = loadu(lse2 + 16 * v);
@@ -434,6 +435,10 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
     vf p[2][kQV], ds[2][kQV];
     for (int r = 0; r < 2; ++r)
       for (int v = 0; v < kQV; ++v) {
+        if (!kAll && !((bits >> v) & 1u)) {  // an inactive vector: P = dS = 0, inputs unread
+          p[r][v] = ds[r][v] = splat(0.f);
+          continue;
+        }
         const int64_t o = (j + r) * kQ + 16 * v;
         p[r][v] = exp2_bf16(fms(loadu(S + o), splat(c), L[v]));
         ds[r][v] = p[r][v] * (loadu(dP + o) - D[v]) * ds_scale;
@@ -450,6 +455,15 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
       _mm512_storeu_si512(row + 32 * v,
                           _mm512_permutexvar_epi16(ilv, to_bf16(ds[0][v], ds[1][v])));
   }
+}
+
+void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, const float* lse2,
+                       const float* delta, float ds_scale, const float* cap_grad, uint16_t* P,
+                       uint16_t* dS, uint16_t* dS_vnni, uint32_t bits) {
+  if ((bits & 0xfu) == 0xfu)
+    softmax_grad_bf16_t<true>(S, dP, nk, c, lse2, delta, ds_scale, cap_grad, P, dS, dS_vnni, bits);
+  else
+    softmax_grad_bf16_t<false>(S, dP, nk, c, lse2, delta, ds_scale, cap_grad, P, dS, dS_vnni, bits);
 }
 
 const Bf16Kernels kBf16{tiles_begin,        tiles_end,          tile_gemm,

@@ -175,15 +175,16 @@ bool softmax_step(float* S, int64_t nk, float* m, float* l, float* alpha, int v0
   }
 }
 
-void softmax_grad(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
-                  float ds_scale, const float* cap_grad) {
-  vf L[kQV], D[kQV];
-  for (int v = 0; v < kQV; ++v) {
+template <int NV>
+void softmax_grad_n(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
+                    float ds_scale, const float* cap_grad) {
+  vf L[NV], D[NV];
+  for (int v = 0; v < NV; ++v) {
     L[v] = loadu(lse2 + 16 * v);
     D[v] = loadu(delta + 16 * v);
   }
   for (int64_t j = 0; j < nk; ++j)
-    for (int v = 0; v < kQV; ++v) {
+    for (int v = 0; v < NV; ++v) {
       const int64_t o = j * kQ + 16 * v;
       vf p = exp2v(loadu(S + o) - L[v]);
       vf ds = p * (loadu(dP + o) - D[v]) * ds_scale;
@@ -191,6 +192,19 @@ void softmax_grad(float* S, float* dP, int64_t nk, const float* lse2, const floa
       storeu(S + o, p);
       storeu(dP + o, ds);
     }
+}
+
+void softmax_grad(float* S, float* dP, int64_t nk, const float* lse2, const float* delta,
+                  float ds_scale, const float* cap_grad, int v0, int v1) {
+  const int o = 16 * v0;
+  const float* cg = cap_grad ? cap_grad + o : nullptr;
+  switch (v1 - v0) {
+    case 4: return softmax_grad_n<4>(S + o, dP + o, nk, lse2 + o, delta + o, ds_scale, cg);
+    case 3: return softmax_grad_n<3>(S + o, dP + o, nk, lse2 + o, delta + o, ds_scale, cg);
+    case 2: return softmax_grad_n<2>(S + o, dP + o, nk, lse2 + o, delta + o, ds_scale, cg);
+    case 1: return softmax_grad_n<1>(S + o, dP + o, nk, lse2 + o, delta + o, ds_scale, cg);
+    default: return;
+  }
 }
 
 void softcap(float* S, int64_t nk, float cap, float* grad) {

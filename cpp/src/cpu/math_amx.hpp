@@ -210,8 +210,8 @@ class AmxMath {
       B_.tile_gemm(nk, (v1 - v0) * kLanes, ldv32_, vrow, ldv32_, b.dOTv + 2 * kLanes * v0, 2 * kQ,
                    dPT + kLanes * v0, kQ, false);
     });
-    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
-    B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
+    // Inactive vectors get P = dS = 0 (the dV / dK products contract over all lanes).
+    B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv, bits);
     // dV and dK contract over the queries (K = 64 in steps of 32): inactive lanes
     // hold P = dS = 0 and add nothing.
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);

@@ -216,8 +216,10 @@ class FmaMath {
       K_.gemm(nk, v1 - v0, a_.dv, vrow(kvp, c0), ldv_, 1, dOT + v0 * kLanes, kQ,
               dPT + v0 * kLanes, kQ, false);
     });
-    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
-    K_.softmax_grad(ST, dPT, nk, lse2, delta, a_.scale, cap_grad);
+    // Lanes of inactive vectors are neither computed nor read below.
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      K_.softmax_grad(ST, dPT, nk, lse2, delta, a_.scale, cap_grad, v0, v1);
+    });
     detail::for_each_vector_run(bits, [&](int v0, int v1) {
       const int r0 = v0 * kLanes, r1 = std::min(v1 * kLanes, n);  // valid query rows
       if (r1 <= r0) return;
