@@ -408,11 +408,45 @@ FmhaProblem extra_problem(const NaProblem& p) {
 // The geometry depends only on the spatial shape and the window arguments, which
 // training and inference loops repeat call after call: the last few (of grids up to
 // 2^18 tokens, ~10 MB of tables each) are kept.
+// The plan of a problem, memoised: it depends on the axes, on whether the AMX path
+// runs, and on ATTNKIT_GNA_PLAN (and costs a few tens of microseconds).
+NaPlan plan_for(const NaProblem& p) {
+  struct Key {
+    NaAxis axis[3];
+    int ndim;
+    bool amx;
+    std::string env;
+    bool operator==(const Key& o) const {
+      for (int d = 0; d < 3; ++d)
+        if (axis[d].size != o.axis[d].size || axis[d].kernel != o.axis[d].kernel ||
+            axis[d].stride != o.axis[d].stride || axis[d].dilation != o.axis[d].dilation ||
+            axis[d].causal != o.axis[d].causal)
+          return false;
+      return ndim == o.ndim && amx == o.amx && env == o.env;
+    }
+  };
+  const char* env = std::getenv("ATTNKIT_GNA_PLAN");
+  Key key{{p.axis[0], p.axis[1], p.axis[2]}, p.ndim,
+          kernels().bf16 != nullptr && p.dtype == DType::BFloat16, env ? env : ""};
+  static std::mutex mu;
+  static std::vector<std::pair<Key, NaPlan>> memo;  // most recent last
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& e : memo)
+      if (e.first == key) return e.second;
+  }
+  const NaPlan plan = choose_na_plan(p);
+  std::lock_guard<std::mutex> lock(mu);
+  memo.push_back({key, plan});
+  if (memo.size() > 16) memo.erase(memo.begin());
+  return plan;
+}
+
 std::shared_ptr<const NaGeometry> geometry_for(const NaProblem& p, int threads) {
   static std::mutex mu;
   static std::vector<std::shared_ptr<const NaGeometry>> cache;  // most recent first
   constexpr size_t kKeep = 4;
-  const NaPlan plan = choose_na_plan(p);
+  const NaPlan plan = plan_for(p);
   if (p.tokens() > (int64_t(1) << 18)) return std::make_shared<const NaGeometry>(p, plan, threads);
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -443,8 +477,11 @@ void na_forward(const NaProblem& p, int threads) {
   const auto geo = geometry_for(p, threads);
   NaSchedule sched(*geo, p.batch, p.heads_q, p.heads_kv);
   EngineArgs a = base_args(p, threads);
-  a.kv_tile = kernels().bf16 != nullptr && p.dtype == DType::BFloat16 ? kFwdKvTileAmx : kFwdKvTile;
-  sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
+  const bool amx = kernels().bf16 != nullptr && p.dtype == DType::BFloat16;
+  a.kv_tile = amx ? kFwdKvTileAmx : kFwdKvTile;
+  // The AMX policy gathers a tile's q rows the moment q_tile returns them: no time
+  // for a prefetch to help.
+  if (!amx) sched.set_prefetch(0, {&a.q, p.head_dim_qk, false});
   if (p.n_extra == 0) {
     sched.set_prefetch(1, {&a.out, p.head_dim_v, true});
     forward(sched, a);

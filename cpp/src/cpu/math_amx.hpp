@@ -69,6 +69,7 @@ class AmxMath {
     FloatBuffer& ts = backward ? kts_ : vts_;
     const TokenLayout& L = backward ? a.k : a.v;
     const int64_t dim = backward ? a.dqk : a.dv, dims = backward ? d16_ : dv16_;
+    zero_row_.assign(dims, 0);
     alloc(t, R * dims);
     if (start16_) alloc(ts, R * dims);
     transpose_keys(s, L, dim, dims, detail::u16(t), start16_ ? detail::u16(ts) : nullptr, threads);
@@ -300,11 +301,30 @@ class AmxMath {
       int64_t tok[kBlock + kLead];
       for (int64_t g = g0; g < g1; ++g) tok[g - g0] = s.kv_token(kv, g);
       const int64_t i0 = g0 - (r0 - kLead), i1 = std::max(i0, g1 - (r0 - kLead));
-      std::fill(rowbuf, rowbuf + i0 * dims, uint16_t(0));
-      if (g1 > g0) gather_key_rows(L, kv, tok, g1 - g0, dim, dims, rowbuf + i0 * dims);
-      std::fill(rowbuf + i1 * dims, rowbuf + (kLead + nc) * dims, uint16_t(0));
-      for (int64_t p = 0; p < (kLead + nc) / 2; ++p)
-        K_.interleave16(rowbuf + 2 * p * dims, rowbuf + (2 * p + 1) * dims, dims, pairs + 2 * p * dims);
+      if (dim == dims) {
+        // Pairs straight from the input rows (no padding dims to clear); missing and
+        // padding keys read a zero row.
+        const uint16_t* src[kBlock + kLead];
+        for (int64_t i = 0; i < kLead + nc; ++i) {
+          const int64_t tk = i >= i0 && i < i1 ? tok[i - i0] : -1;
+          src[i] = tk < 0 ? zero_row_.data() : static_cast<const uint16_t*>(L.row(kv.b, tk, kv.hkv));
+        }
+        constexpr int64_t kAhead = 8;  // rows prefetched ahead: the key order is not the memory order
+        const int64_t nrow = kLead + nc;
+        for (int64_t i = 0; i < std::min(nrow, kAhead); ++i)
+          for (int64_t o = 0; o < 2 * dims; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(src[i]) + o);
+        for (int64_t p = 0; p < nrow / 2; ++p) {
+          for (int64_t i = 2 * p + kAhead; i < std::min(nrow, 2 * p + kAhead + 2); ++i)
+            for (int64_t o = 0; o < 2 * dims; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(src[i]) + o);
+          K_.interleave16(src[2 * p], src[2 * p + 1], dims, pairs + 2 * p * dims);
+        }
+      } else {
+        std::fill(rowbuf, rowbuf + i0 * dims, uint16_t(0));
+        if (g1 > g0) gather_key_rows(L, kv, tok, g1 - g0, dim, dims, rowbuf + i0 * dims);
+        std::fill(rowbuf + i1 * dims, rowbuf + (kLead + nc) * dims, uint16_t(0));
+        for (int64_t p = 0; p < (kLead + nc) / 2; ++p)
+          K_.interleave16(rowbuf + 2 * p * dims, rowbuf + (2 * p + 1) * dims, dims, pairs + 2 * p * dims);
+      }
       for (int64_t b = 0; b < nc; b += 32) {
         // Plain block at r0 + b: rows [r0 + b, r0 + b + 32) = pairs from (kLead + b) / 2.
         K_.transpose32(pairs + (kLead + b) * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
@@ -319,6 +339,7 @@ class AmxMath {
   const KernelTable& K_;
   const Bf16Kernels& B_;
   FloatBuffer kb_, vb_, vt_, kt_, vts_, kts_;
+  std::vector<uint16_t> zero_row_;  // stands for missing and padding keys when packing
   int64_t ldk32_ = 0, ldv32_ = 0, d16_ = 0, dv16_ = 0;
   bool start16_ = false;
   bool prescale_ = false;

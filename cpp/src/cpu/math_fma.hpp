@@ -132,6 +132,16 @@ class FmaMath {
   void fwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     float* QT = ws;
     float* Qr = ws + a_.dqk * kQ;  // [kQ][ldk] rows
+    if (a_.q.dtype == DType::Float32) {
+      // Q^T straight from the input rows (its rows past dqk spill into Qr, unused here).
+      const void* src[kQ];
+      for (int i = 0; i < kQ; ++i) src[i] = i < n ? a_.q.row(P.b, tok[i], P.hq) : nullptr;
+      K_.gather_transpose32(src, kQ, 4 * a_.dqk, ldk_, QT, kQ);
+      float mul[kQ];
+      std::fill(mul, mul + kQ, qmul_);
+      K_.scale_rows(QT, a_.dqk, mul);
+      return;
+    }
     load_q_rows(P, tok, n, Qr);
     transpose_scaled(Qr, QT);
   }
