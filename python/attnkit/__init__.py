@@ -19,6 +19,7 @@ from ._fmha import (
     merge_attentions,
     set_num_threads,
 )
+from ._linear import feature_map, linear_attention, linear_attention_backward, linear_attention_step
 
 __version__ = _core.build_info()["version"]
 
@@ -27,6 +28,10 @@ __all__ = [
     "attention",
     "attention_backward",
     "merge_attentions",
+    "linear_attention",
+    "linear_attention_step",
+    "linear_attention_backward",
+    "feature_map",
     "set_num_threads",
     "get_num_threads",
     "set_cpu_isa",

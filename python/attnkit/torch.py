@@ -14,8 +14,9 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_linear import linear_attention, linear_attention_step  # linear attention ops
 
-__all__ = ["attention", "merge_attentions"]
+__all__ = ["attention", "merge_attentions", "linear_attention", "linear_attention_step"]
 
 
 def _stream(t: Tensor) -> int:

@@ -74,3 +74,5 @@ BuildInfo build_info();
 void set_cpu_isa(const std::string& name);
 
 }  // namespace attnkit
+
+#include "attnkit/linear.hpp"  // linear attention (DESIGN §2.4)

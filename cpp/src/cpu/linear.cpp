@@ -1,0 +1,1155 @@
+// attnkit CPU backend: linear attention (DESIGN §2.4) -- the chunked engine.
+//
+//   S_t = exp(g_t) S_{t-1} + k_t^T v_t,   o_t = scale q_t S_t
+//
+// A sequence is cut into chunks of kC = 64 tokens. Inside a chunk, with
+// D[i][j] = prod_{s=j+1..i} exp(g_s) for j <= i (0 above the diagonal),
+// ed[i] = prod_{s<=i} exp(g_s), ekB[j] = prod_{s>j} exp(g_s), eB = ed[n-1]:
+//
+//   O     = scale * (diag(ed) Q S_in + (Q K^T o D) V)        intra "left product"
+//   S_out = eB S_in + K^T diag(ekB) V                         inter "right product"
+//
+// Every decay factor is a product over a contiguous token range, computed as a
+// product of per-token factors exp(g_s) (never exp of a difference of large
+// cumulative sums, never exp(+large) times exp(-large)): for g <= 0 each factor
+// lies in [0, 1], so nothing overflows and strong decay only underflows to 0,
+// exactly like the recurrence. g = -inf resets the state exactly.
+//
+// All products are the kernel table's fp32 GEMM (KernelTable::gemm, the same
+// micro-kernel as the softmax engine). Parallel work items are (sequence, head)
+// units; when there are fewer units than threads can balance, long units are
+// cut into segments of chunks and run in three passes (local states of each
+// segment in parallel, a short sequential scan over segment states, then the
+// segments in parallel from their true initial states).
+//
+// The backward runs the chunks forward (state S, giving dq) and then backward
+// (adjoint state dH, giving dk, dv and d(initial_state)); dg comes from the
+// identity dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>,
+// accumulated in double. GQA partial dk/dv are summed in a fixed order, so the
+// result is reproducible run to run.
+#include "linear.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels.hpp"
+#include "parallel.hpp"
+
+namespace attnkit::cpu {
+
+namespace {
+
+constexpr int64_t kC = 64;    // chunk length (tokens)
+constexpr int64_t kBlk = 16;  // triangular sub-block = one SIMD panel of 16 floats
+static_assert(kBlk == kLanes, "triangular blocks are one GEMM panel wide");
+
+inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+inline float load_scalar(const void* p, DType dt) {
+  switch (dt) {
+    case DType::BFloat16: return bf16_to_float(*static_cast<const uint16_t*>(p));
+    case DType::Float16: return half_to_float(*static_cast<const uint16_t*>(p));
+    default: return *static_cast<const float*>(p);
+  }
+}
+inline void store_scalar(float x, DType dt, void* p) {
+  switch (dt) {
+    case DType::BFloat16: *static_cast<uint16_t*>(p) = float_to_bf16(x); break;
+    case DType::Float16: *static_cast<uint16_t*>(p) = float_to_half(x); break;
+    default: *static_cast<float*>(p) = x; break;
+  }
+}
+
+// Token rows of one [B, S, H, D] (or packed) operand.
+struct Rows {
+  char* data = nullptr;
+  DType dt = DType::Float32;
+  int64_t bs = 0, ts = 0, hs = 0;
+  static Rows of(const Operand& o, DType dt) {
+    Rows r;
+    r.data = static_cast<char*>(o.data);
+    r.dt = dt;
+    r.bs = o.batch_stride;
+    r.ts = o.token_stride;
+    r.hs = o.head_stride;
+    return r;
+  }
+  void* row(int64_t b, int64_t t, int64_t h) const {
+    return data + (b * bs + t * ts + h * hs) * dtype_size(dt);
+  }
+};
+
+struct Gate {
+  GateKind kind = GateKind::None;
+  const char* data = nullptr;
+  DType dt = DType::Float32;
+  int64_t bs = 0, ts = 0, hs = 0;
+  static Gate of(const GateOperand& g) {
+    Gate r;
+    r.kind = g.kind;
+    r.data = static_cast<const char*>(g.data);
+    r.dt = g.dtype;
+    r.bs = g.batch_stride;
+    r.ts = g.token_stride;
+    r.hs = g.head_stride;
+    return r;
+  }
+  void* at(int64_t b, int64_t t, int64_t h) const {
+    return const_cast<char*>(data) + (b * bs + t * ts + h * hs) * dtype_size(dt);
+  }
+  float value(int64_t b, int64_t t, int64_t h) const { return load_scalar(at(b, t, h), dt); }
+};
+
+// One (sequence, query head): tokens t0 .. t0+T-1 of operand batch b; `off` is
+// the sequence's first row in flat per-token workspaces ([Hq][total tokens]).
+struct Unit {
+  int64_t b = 0, seq = 0, hq = 0, hkv = 0, t0 = 0, T = 0, off = 0;
+  int64_t chunks() const { return (T + kC - 1) / kC; }
+};
+
+// A run of chunks [c0, c1) of one unit.
+struct Segment {
+  int64_t u = 0, s = 0, c0 = 0, c1 = 0;
+};
+
+struct Ctx {
+  const KernelTable* K = nullptr;
+  int64_t dk = 0, dv = 0, dve = 0, ldk = 0, ldv = 0;  // dve = dv (+1: normaliser column)
+  int64_t heads_q = 0, group = 1, total = 0;
+  float scale = 1.f;
+  bool normalize = false, causal = true;
+  Rows q, k, v, out;
+  Gate g;
+  StateOperand init, fin;
+  // backward
+  bool has_dout = false;
+  Rows dout, dq, dk_, dv_;
+  Gate dg;
+  StateOperand dfin, dinit;
+  int64_t ldmax() const { return std::max(ldk, ldv); }
+};
+
+Ctx make_ctx(const LinearProblem& p) {
+  Ctx c;
+  c.K = &kernels();
+  c.dk = p.head_dim_k;
+  c.dv = p.head_dim_v;
+  c.dve = p.head_dim_v + (p.normalize ? 1 : 0);
+  c.ldk = rup(c.dk, kLanes);
+  c.ldv = rup(c.dve, kLanes);
+  c.heads_q = p.heads_q;
+  c.group = p.heads_q / p.heads_kv;
+  c.scale = p.scale;
+  c.normalize = p.normalize;
+  c.causal = p.is_causal;
+  c.q = Rows::of(p.q, p.dtype);
+  c.k = Rows::of(p.k, p.dtype);
+  c.v = Rows::of(p.v, p.dtype);
+  c.out = Rows::of(p.out, p.dtype);
+  c.g = Gate::of(p.g);
+  c.init = p.initial_state;
+  c.fin = p.final_state;
+  return c;
+}
+
+std::vector<Unit> make_units(const LinearProblem& p, int64_t* total) {
+  std::vector<Unit> units;
+  units.reserve(p.batch * p.heads_q);
+  const int64_t G = p.heads_q / p.heads_kv;
+  int64_t off = 0;
+  for (int64_t n = 0; n < p.batch; ++n) {
+    Unit u;
+    u.seq = n;
+    if (p.varlen()) {
+      u.b = 0;
+      u.t0 = p.cu_seqlens[n];
+      u.T = p.cu_seqlens[n + 1] - p.cu_seqlens[n];
+    } else {
+      u.b = n;
+      u.t0 = 0;
+      u.T = p.seqlen;
+    }
+    u.off = off;
+    off += u.T;
+    for (int64_t h = 0; h < p.heads_q; ++h) {
+      u.hq = h;
+      u.hkv = h / G;
+      units.push_back(u);
+    }
+  }
+  *total = off;
+  return units;
+}
+
+// Segmentation: items of at most W chunks, W chosen so that there are about
+// 2 items per thread when units are few (a single unit still keeps every core
+// busy); with enough units every unit is one segment (single pass, no scan).
+struct Plan {
+  std::vector<Segment> segs;            // all segments, unit-major, in chunk order
+  std::vector<int64_t> first, count;    // per unit: index of its first segment, segment count
+  std::vector<int64_t> order;           // segment indices, longest first (dynamic scheduling)
+  bool segmented = false;               // some unit has more than one segment
+};
+
+Plan make_plan(const std::vector<Unit>& units, int threads) {
+  Plan pl;
+  const int64_t U = static_cast<int64_t>(units.size());
+  int64_t total_chunks = 0;
+  for (const Unit& u : units) total_chunks += u.chunks();
+  constexpr int64_t kMinSegChunks = 4;
+  int64_t W = threads > 1 ? std::max<int64_t>(kMinSegChunks, (total_chunks + 2 * threads - 1) / (2 * threads))
+                          : std::max<int64_t>(1, total_chunks);
+  pl.first.resize(U);
+  pl.count.resize(U);
+  for (int64_t i = 0; i < U; ++i) {
+    const int64_t nc = units[i].chunks();
+    const int64_t ns = nc <= W ? 1 : (nc + W - 1) / W;
+    pl.first[i] = static_cast<int64_t>(pl.segs.size());
+    pl.count[i] = ns;
+    pl.segmented |= ns > 1;
+    for (int64_t s = 0; s < ns; ++s)
+      pl.segs.push_back({i, s, nc * s / ns, nc * (s + 1) / ns});
+  }
+  pl.order.resize(pl.segs.size());
+  for (size_t i = 0; i < pl.order.size(); ++i) pl.order[i] = static_cast<int64_t>(i);
+  std::stable_sort(pl.order.begin(), pl.order.end(), [&](int64_t a, int64_t b) {
+    return pl.segs[a].c1 - pl.segs[a].c0 > pl.segs[b].c1 - pl.segs[b].c0;
+  });
+  return pl;
+}
+
+// ---------------------------------------------------------------- per-thread buffers
+struct Bufs {
+  float *Q, *K, *KT, *V, *Vd, *VT, *dO, *dOd, *P, *Bm, *D, *O, *T1, *S, *ST, *dH, *row;
+  float *ed, *ekB, *f;
+  float eB = 1.f;
+
+  static int64_t floats(const Ctx& c) {
+    const int64_t m = c.ldmax();
+    return 2 * kC * c.ldk + c.ldk * kC + 5 * kC * c.ldv + c.ldv * kC + 3 * kC * kC + m * kC +
+           3 * c.ldk * c.ldv + m + kLanes + 3 * kC + 64;
+  }
+  void carve(float* p, const Ctx& c) {
+    const int64_t m = c.ldmax();
+    auto take = [&](int64_t n) {
+      float* r = p;
+      p += rup(n, 16);
+      return r;
+    };
+    Q = take(kC * c.ldk);
+    K = take(kC * c.ldk);
+    KT = take(c.ldk * kC);
+    V = take(kC * c.ldv);
+    Vd = take(kC * c.ldv);
+    dO = take(kC * c.ldv);
+    dOd = take(kC * c.ldv);
+    O = take(kC * c.ldv);
+    VT = take(c.ldv * kC);
+    P = take(kC * kC);
+    Bm = take(kC * kC);
+    D = take(kC * kC);
+    T1 = take(m * kC);
+    S = take(c.ldk * c.ldv);
+    ST = take(c.ldv * c.ldk);
+    dH = take(c.ldk * c.ldv);
+    row = take(m + kLanes);
+    ed = take(kC);
+    ekB = take(kC);
+    f = take(kC);
+  }
+};
+
+class Scratch {
+ public:
+  Scratch(const Ctx& c, int threads) : per_(rup(Bufs::floats(c) + 16 * 24, 16)) {
+    buf_.reset(per_ * threads);
+    bufs_.resize(threads);
+    for (int t = 0; t < threads; ++t) bufs_[t].carve(buf_.get() + per_ * t, c);
+  }
+  Bufs& mine() { return bufs_[thread_index()]; }
+
+ private:
+  int64_t per_;
+  FloatBuffer buf_;
+  std::vector<Bufs> bufs_;
+};
+
+// ---------------------------------------------------------------- decays
+// Per-unit gate source. Per head: exact powers pw[m] = exp(m * g_h) (double
+// exp, m <= kC). Per token: products of exp(g_s) in float (each a range product).
+struct Decays {
+  GateKind kind = GateKind::None;
+  float pw[kC + 1];
+
+  void init(const Ctx& c, const Unit& u) {
+    kind = c.g.kind;
+    if (kind == GateKind::PerHead) {
+      const double g = c.g.value(0, 0, u.hq);
+      for (int64_t m = 0; m <= kC; ++m) pw[m] = static_cast<float>(std::exp(g * static_cast<double>(m)));
+    }
+  }
+
+  // ed, ekB, eB and (if want_D) D for tokens [t, t + n) of unit u.
+  void chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool want_D) const {
+    float* ed = b.ed;
+    float* ekB = b.ekB;
+    if (kind == GateKind::None) {
+      std::fill(ed, ed + kC, 1.f);
+      std::fill(ekB, ekB + kC, 1.f);
+      b.eB = 1.f;
+      if (want_D)
+        for (int64_t i = 0; i < kC; ++i) {
+          float* d = b.D + i * kC;
+          for (int64_t j = 0; j < kC; ++j) d[j] = (j <= i && i < n) ? 1.f : 0.f;
+        }
+      return;
+    }
+    if (kind == GateKind::PerHead) {
+      for (int64_t i = 0; i < n; ++i) {
+        ed[i] = pw[i + 1];
+        ekB[i] = pw[n - 1 - i];
+      }
+      b.eB = pw[n];
+      if (want_D)
+        for (int64_t i = 0; i < kC; ++i) {
+          float* d = b.D + i * kC;
+          for (int64_t j = 0; j < kC; ++j) d[j] = (j <= i && i < n) ? pw[i - j] : 0.f;
+        }
+      return;
+    }
+    float* f = b.f;
+    for (int64_t s = 0; s < n; ++s) f[s] = std::exp(c.g.value(u.b, u.t0 + t + s, u.hq));
+    float p = 1.f;
+    for (int64_t i = 0; i < n; ++i) {
+      p *= f[i];
+      ed[i] = p;
+    }
+    b.eB = p;
+    p = 1.f;
+    for (int64_t j = n - 1; j >= 0; --j) {
+      ekB[j] = p;
+      p *= f[j];
+    }
+    if (want_D) {
+      // Row i is row i-1 times f_i, with 1 on the diagonal: every entry is the
+      // product over its own range (j, i], so it never overflows spuriously.
+      for (int64_t i = 0; i < kC; ++i) {
+        float* d = b.D + i * kC;
+        if (i >= n) {
+          std::fill(d, d + kC, 0.f);
+          continue;
+        }
+        if (i > 0) {
+          const float* prev = d - kC;
+          const float fi = f[i];
+          for (int64_t j = 0; j < i; ++j) d[j] = prev[j] * fi;
+        }
+        d[i] = 1.f;
+        std::fill(d + i + 1, d + kC, 0.f);
+      }
+    }
+  }
+
+  // Product of exp(g) over tokens [t, t + n) of unit u.
+  float total(const Ctx& c, const Unit& u, int64_t t, int64_t n) const {
+    if (kind == GateKind::None) return 1.f;
+    if (kind == GateKind::PerHead)
+      return static_cast<float>(std::exp(static_cast<double>(c.g.value(0, 0, u.hq)) * static_cast<double>(n)));
+    float p = 1.f;
+    for (int64_t s = 0; s < n; ++s) p *= std::exp(c.g.value(u.b, u.t0 + t + s, u.hq));
+    return p;
+  }
+};
+
+// ---------------------------------------------------------------- packing
+// Row-major chunk operands [kC][ld] with zero padding (columns past the head
+// dim, rows past n), and transposed ones [ld][kC] with zero columns past n: the
+// GEMMs read whole 16-float panels and whole triangular blocks.
+void pack_rows(const Rows& src, const Unit& u, int64_t hd, int64_t t, int64_t n, int64_t dim,
+               int64_t ld, float* dst) {
+  for (int64_t i = 0; i < kC; ++i) {
+    float* d = dst + i * ld;
+    if (i < n) {
+      load_row(src.row(u.b, u.t0 + t + i, hd), src.dt, dim, d);
+      std::fill(d + dim, d + ld, 0.f);
+    } else {
+      std::fill(d, d + ld, 0.f);
+    }
+  }
+}
+
+// K rows (optional) and K^T (optional) from one read of each row.
+void pack_k(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool rows, bool trans) {
+  if (rows) pack_rows(c.k, u, u.hkv, t, n, c.dk, c.ldk, b.K);
+  if (!trans) return;
+  std::fill(b.KT, b.KT + c.ldk * kC, 0.f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = b.K + i * c.ldk;
+    if (!rows) {
+      load_row(c.k.row(u.b, u.t0 + t + i, u.hkv), c.k.dt, c.dk, b.row);
+      r = b.row;
+    }
+    for (int64_t d = 0; d < c.dk; ++d) b.KT[d * kC + i] = r[d];
+  }
+}
+
+// V rows (with the normaliser's column of ones) and/or V^T.
+void pack_v(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool rows, bool trans) {
+  if (rows) {
+    pack_rows(c.v, u, u.hkv, t, n, c.dv, c.ldv, b.V);
+    if (c.normalize)
+      for (int64_t i = 0; i < n; ++i) b.V[i * c.ldv + c.dv] = 1.f;
+  }
+  if (!trans) return;
+  std::fill(b.VT, b.VT + c.ldv * kC, 0.f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = b.V + i * c.ldv;
+    if (!rows) {
+      load_row(c.v.row(u.b, u.t0 + t + i, u.hkv), c.v.dt, c.dv, b.row);
+      r = b.row;
+    }
+    for (int64_t e = 0; e < c.dv; ++e) b.VT[e * kC + i] = r[e];
+    if (c.normalize) b.VT[c.dv * kC + i] = 1.f;
+  }
+}
+
+void pack_dout(const Ctx& c, const Unit& u, int64_t t, int64_t n, float* dst) {
+  if (c.has_dout) {
+    pack_rows(c.dout, u, u.hq, t, n, c.dv, c.ldv, dst);
+  } else {
+    std::fill(dst, dst + kC * c.ldv, 0.f);
+  }
+}
+
+// X^T: dst[j][i] = src[i][j] for i < rows, j < cols (dst zero-padded to ldd columns... caller sized).
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd,
+               int64_t dst_rows) {
+  for (int64_t j = 0; j < dst_rows; ++j) std::fill(dst + j * ldd, dst + (j + 1) * ldd, 0.f);
+  constexpr int64_t T = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += T)
+    for (int64_t j0 = 0; j0 < cols; j0 += T) {
+      const int64_t i1 = std::min(rows, i0 + T), j1 = std::min(cols, j0 + T);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j) dst[j * ldd + i] = src[i * lds + j];
+    }
+}
+
+// ---------------------------------------------------------------- chunk math
+// P[i][j] = scale * D[i][j] * (A_i . BT[:, j]) on and below the diagonal, by
+// 16-row blocks (block r computes columns [0, 16(r+1)) only: the rest is zero
+// and never read).
+void scores_lower(const Ctx& c, int64_t n, int64_t kdim, const float* A, int64_t lda,
+                  const float* BT, const float* D, float* P) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0), cols = r0 + kBlk;
+    c.K->gemm(rows, cols / kLanes, kdim, A + r0 * lda, lda, 1, BT, kC, P + r0 * kC, kC, false);
+    for (int64_t i = r0; i < r0 + rows; ++i) {
+      float* p = P + i * kC;
+      const float* d = D + i * kC;
+      for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
+    }
+  }
+}
+
+inline void scale_rows(float* X, int64_t rows, int64_t ld, const float* s, float mul) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float a = s[i] * mul;
+    float* x = X + i * ld;
+    for (int64_t e = 0; e < ld; ++e) x[e] *= a;
+  }
+}
+inline void scale_cols(float* X, int64_t rows, int64_t ld, const float* s, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* x = X + r * ld;
+    for (int64_t j = 0; j < n; ++j) x[j] *= s[j];
+  }
+}
+inline void scale_all(float* X, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) X[i] *= a;
+}
+
+// O = diag(scale * ed) Q S_in + P V  (S null: S_in = 0). Needs Q, V, P (scores_lower on Q, K^T).
+void chunk_output(const Ctx& c, int64_t n, Bufs& b, const float* S, float* O) {
+  if (S) {
+    c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, O, c.ldv, false);
+    scale_rows(O, n, c.ldv, b.ed, c.scale);
+  } else {
+    std::fill(O, O + n * c.ldv, 0.f);
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0);
+    c.K->gemm(rows, c.ldv / kLanes, r0 + kBlk, b.P + r0 * kC, kC, 1, b.V, c.ldv, O + r0 * c.ldv,
+              c.ldv, true);
+  }
+}
+
+// S = eB S + sum_j ekB_j k_j^T v_j  (zero_in: S_in = 0). Needs K^T and V.
+void state_update(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = b.ekB[j];
+    const float* v = b.V + j * c.ldv;
+    float* vd = b.Vd + j * c.ldv;
+    for (int64_t e = 0; e < c.ldv; ++e) vd[e] = v[e] * a;
+  }
+  if (!zero_in) scale_all(S, c.dk * c.ldv, b.eB);
+  c.K->gemm(c.dk, c.ldv / kLanes, n, b.KT, kC, 1, b.Vd, c.ldv, S, c.ldv, !zero_in);
+}
+
+// S^T = eB S^T + sum_j ekB_j v_j^T k_j  (S^T [ldv][ldk]). Needs K rows and V rows.
+void state_update_T(const Ctx& c, int64_t n, Bufs& b, float* ST, bool zero_in) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = b.ekB[j];
+    const float* k = b.K + j * c.ldk;
+    float* kd = b.T1 + j * c.ldk;  // T1 is free here
+    for (int64_t d = 0; d < c.ldk; ++d) kd[d] = k[d] * a;
+  }
+  if (!zero_in) scale_all(ST, c.dve * c.ldk, b.eB);
+  c.K->gemm(c.dve, c.ldk / kLanes, n, b.V, 1, c.ldv, b.T1, c.ldk, ST, c.ldk, !zero_in);
+}
+
+// dH = eB dH + sum_i (scale ed_i q_i)^T dOa_i. Needs Q rows and dOa in b.dO.
+void adjoint_update(const Ctx& c, int64_t n, Bufs& b, float* dH, bool zero_in) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = b.ed[i] * c.scale;
+    const float* x = b.dO + i * c.ldv;
+    float* y = b.dOd + i * c.ldv;
+    for (int64_t e = 0; e < c.ldv; ++e) y[e] = x[e] * a;
+  }
+  if (!zero_in) scale_all(dH, c.dk * c.ldv, b.eB);
+  c.K->gemm(c.dk, c.ldv / kLanes, n, b.Q, 1, c.ldk, b.dOd, c.ldv, dH, c.ldv, !zero_in);
+}
+
+void load_state(const Ctx& c, const StateOperand& st, const Unit& u, float* S) {
+  std::fill(S, S + c.ldk * c.ldv, 0.f);
+  if (!st.data) return;
+  const float* src = st.at(u.seq, u.hq);
+  for (int64_t d = 0; d < c.dk; ++d) std::memcpy(S + d * c.ldv, src + d * st.row_stride, sizeof(float) * c.dv);
+}
+void save_state(const Ctx& c, const float* S, const StateOperand& st, const Unit& u) {
+  float* dst = st.at(u.seq, u.hq);
+  for (int64_t d = 0; d < c.dk; ++d) std::memcpy(dst + d * st.row_stride, S + d * c.ldv, sizeof(float) * c.dv);
+}
+
+// Writes output rows; with normalize, o = num / den (den = the ones column), 0 where den == 0.
+void store_out(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* O, float* row) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* o = O + i * c.ldv;
+    if (c.normalize) {
+      const float den = o[c.dv];
+      const float inv = den != 0.f ? 1.f / den : 0.f;
+      for (int64_t e = 0; e < c.dv; ++e) row[e] = o[e] * inv;
+      store_row(row, c.dv, c.out.dt, c.out.row(u.b, u.t0 + t + i, u.hq));
+    } else {
+      store_row(o, c.dv, c.out.dt, c.out.row(u.b, u.t0 + t + i, u.hq));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- segment states (scan)
+// Holds one [ldk][ldv] state per segment of segmented units, plus segment decays.
+struct SegStates {
+  FloatBuffer buf;
+  std::vector<int64_t> slot;   // per segment: slot index or -1
+  std::vector<float> decay;    // per segment: product of exp(g) over its tokens
+  int64_t size = 0;
+  float* at(int64_t seg) { return buf.get() + slot[seg] * size; }
+};
+
+void init_seg_states(const Ctx& c, const Plan& pl, SegStates& ss) {
+  ss.size = c.ldk * c.ldv;
+  ss.slot.assign(pl.segs.size(), -1);
+  ss.decay.assign(pl.segs.size(), 1.f);
+  int64_t n = 0;
+  for (size_t u = 0; u < pl.first.size(); ++u)
+    if (pl.count[u] > 1)
+      for (int64_t s = 0; s < pl.count[u]; ++s) ss.slot[pl.first[u] + s] = n++;
+  if (n) ss.buf.reset(n * ss.size);
+}
+
+template <class F>
+void for_segments(const Plan& pl, int threads, bool only_segmented, F&& body) {
+  std::vector<int64_t> items;
+  for (int64_t i : pl.order)
+    if (!only_segmented || pl.count[pl.segs[i].u] > 1) items.push_back(i);
+  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) { body(items[it]); });
+}
+
+// Pass A + B of the forward recurrence: ss.at(seg) = the true state entering
+// each segment of every segmented unit (the first one's is the initial state).
+void forward_scan(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
+                  Scratch& scratch, int threads) {
+  for_segments(pl, threads, true, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    Decays dec;
+    dec.init(c, u);
+    float prod = 1.f;
+    if (sg.s + 1 < pl.count[sg.u]) {  // local state of this segment, from 0
+      float* L = ss.at(si + 1);
+      bool zero = true;
+      for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+        const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+        dec.chunk(c, u, t, n, b, false);
+        pack_k(c, u, t, n, b, false, true);
+        pack_v(c, u, t, n, b, true, false);
+        state_update(c, n, b, L, zero);
+        zero = false;
+        prod *= b.eB;
+      }
+    } else {
+      prod = dec.total(c, u, sg.c0 * kC, std::min(u.T, sg.c1 * kC) - sg.c0 * kC);
+    }
+    ss.decay[si] = prod;
+  });
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    if (pl.count[ui] <= 1) return;
+    const int64_t f0 = pl.first[ui];
+    load_state(c, c.init, units[ui], ss.at(f0));
+    for (int64_t s = 1; s < pl.count[ui]; ++s) {
+      const float a = ss.decay[f0 + s - 1];
+      const float* prev = ss.at(f0 + s - 1);
+      float* cur = ss.at(f0 + s);
+      for (int64_t i = 0; i < ss.size; ++i) cur[i] += a * prev[i];
+    }
+  });
+}
+
+// ---------------------------------------------------------------- non-causal
+// o = scale q S, S = S_0 + sum_j k_j^T v_j over the whole sequence.
+void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                     Scratch& scratch, int threads, FloatBuffer& states) {
+  const int64_t sz = c.ldk * c.ldv;
+  FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    float* L = parts.get() + si * sz;
+    std::fill(L, L + sz, 0.f);
+    std::fill(b.ekB, b.ekB + kC, 1.f);
+    b.eB = 1.f;
+    bool zero = true;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_k(c, u, t, n, b, false, true);
+      pack_v(c, u, t, n, b, true, false);
+      state_update(c, n, b, L, zero);
+      zero = false;
+    }
+  });
+  states.reset(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    float* S = states.get() + ui * sz;
+    load_state(c, c.init, units[ui], S);
+    for (int64_t s = 0; s < pl.count[ui]; ++s) {  // fixed order
+      const float* L = parts.get() + (pl.first[ui] + s) * sz;
+      for (int64_t i = 0; i < sz; ++i) S[i] += L[i];
+    }
+  });
+}
+
+void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                       Scratch& scratch, int threads) {
+  FloatBuffer states;
+  noncausal_state(c, units, pl, scratch, threads, states);
+  const int64_t sz = c.ldk * c.ldv;
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* S = states.get() + sg.u * sz;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, b.O, c.ldv, false);
+      scale_all(b.O, n * c.ldv, c.scale);
+      store_out(c, u, t, n, b.O, b.row);
+    }
+  });
+  if (c.fin.data)
+    parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+      save_state(c, states.get() + ui * sz, c.fin, units[ui]);
+    });
+}
+
+}  // namespace
+
+// ============================================================================ forward
+void linear_forward(const LinearProblem& p, int threads_req) {
+  Ctx c = make_ctx(p);
+  int64_t total = 0;
+  const std::vector<Unit> units = make_units(p, &total);
+  c.total = total;
+  if (units.empty()) return;
+  const int threads = resolve_threads(threads_req);
+  const Plan pl = make_plan(units, threads);
+  Scratch scratch(c, threads);
+
+  if (!c.causal) {
+    noncausal_forward(c, units, pl, scratch, threads);
+    return;
+  }
+
+  SegStates ss;
+  if (pl.segmented) {
+    init_seg_states(c, pl, ss);
+    forward_scan(c, units, pl, ss, scratch, threads);
+  }
+
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    Decays dec;
+    dec.init(c, u);
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, c.init, u, b.S);
+      zero = c.init.data == nullptr;
+    }
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      dec.chunk(c, u, t, n, b, true);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      pack_k(c, u, t, n, b, false, true);
+      pack_v(c, u, t, n, b, true, false);
+      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
+      store_out(c, u, t, n, b.O, b.row);
+      const bool last_chunk = ch + 1 == u.chunks();
+      if (!last_chunk || c.fin.data) {
+        state_update(c, n, b, b.S, zero);
+        zero = false;
+      }
+    }
+    if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
+  });
+}
+
+// ============================================================================ backward
+namespace {
+
+struct BwdWork {
+  FloatBuffer rq, rk;       // [Hq][total] q.dq and k.dk per token (dg wanted)
+  FloatBuffer doa;          // normalize: dO adjusted for the normaliser, [Hq][total][ldv]
+  FloatBuffer pdk, pdv;     // GQA: per query head dk/dv partials [Hq][total][ld]
+  std::vector<double> fin;  // per unit: <dS_final, S_final>
+  bool want_dg = false, gqa = false;
+  int64_t idx(const Ctx& c, const Unit& u, int64_t t) const { return u.hq * c.total + u.off + t; }
+};
+
+// Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
+// into dst, or into the GQA partial buffer.
+void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
+             const Rows& dst, float* partial, int64_t ldp, float* row) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = partial ? partial + (u.hq * c.total + u.off + t + i) * ldp : row;
+    for (int64_t d = 0; d < dim; ++d) r[d] = XT[d * kC + i];
+    if (!partial) store_row(r, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
+  }
+}
+
+// dOa for normalize: o = num/den -> d num = dO/den, d den = -(dO . o)/den (0 where den == 0).
+// Needs O (raw, with den in column dv); writes b.dO in place.
+void normalize_dout(const Ctx& c, int64_t n, Bufs& b) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* d = b.dO + i * c.ldv;
+    const float* o = b.O + i * c.ldv;
+    const float den = o[c.dv];
+    if (den == 0.f) {
+      std::fill(d, d + c.ldv, 0.f);
+      continue;
+    }
+    const float inv = 1.f / den;
+    float dot = 0.f;
+    for (int64_t e = 0; e < c.dv; ++e) {
+      dot += d[e] * o[e] * inv;
+      d[e] *= inv;
+    }
+    d[c.dv] = -dot * inv;
+  }
+}
+
+// The chunk's dOa rows into b.dO (normalize: from the workspace written by the forward sweep).
+void load_doa(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, const BwdWork& w) {
+  if (c.normalize) {
+    const float* src = w.doa.get() + w.idx(c, u, t) * c.ldv;
+    std::memcpy(b.dO, src, sizeof(float) * n * c.ldv);
+    std::fill(b.dO + n * c.ldv, b.dO + kC * c.ldv, 0.f);
+  } else {
+    pack_dout(c, u, t, n, b.dO);
+  }
+}
+
+// Forward sweep of one segment: dq (and q.dq), dOa (normalize); ST / S carry the state.
+void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, bool last_seg,
+                              Bufs& b, bool zero, BwdWork& w, int64_t ui) {
+  Decays dec;
+  dec.init(c, u);
+  for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    dec.chunk(c, u, t, n, b, true);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    pack_k(c, u, t, n, b, true, c.normalize);
+    pack_v(c, u, t, n, b, true, true);
+    pack_dout(c, u, t, n, b.dO);
+    if (c.normalize) {
+      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
+      normalize_dout(c, n, b);
+      std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+    }
+    // Bm[i][j] = scale D_ij dOa_i . v_j ; dq = diag(scale ed) dOa S^T + Bm K
+    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+    float* dq = b.T1 + 0;  // [kC][ldk]; T1 is reused by state_update_T after dq is stored
+    if (!zero) {
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, b.ST, c.ldk, dq, c.ldk, false);
+      scale_rows(dq, n, c.ldk, b.ed, c.scale);
+    } else {
+      std::fill(dq, dq + n * c.ldk, 0.f);
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(rows, c.ldk / kLanes, r0 + kBlk, b.Bm + r0 * kC, kC, 1, b.K, c.ldk,
+                dq + r0 * c.ldk, c.ldk, true);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const float* r = dq + i * c.ldk;
+      if (w.want_dg) {
+        const float* qi = b.Q + i * c.ldk;
+        float s = 0.f;
+        for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
+        w.rq.get()[w.idx(c, u, t + i)] = s;
+      }
+      store_row(r, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
+    }
+    const bool last_chunk = ch + 1 == u.chunks();
+    if (!last_chunk || w.want_dg) {
+      state_update_T(c, n, b, b.ST, zero);
+      if (c.normalize) state_update(c, n, b, b.S, zero);
+      zero = false;
+    }
+  }
+  if (last_seg && w.want_dg && c.dfin.data && !zero) {
+    // <dS_final, S_final> with S_final^T in b.ST
+    const float* dF = c.dfin.at(u.seq, u.hq);
+    double s = 0;
+    for (int64_t d = 0; d < c.dk; ++d)
+      for (int64_t e = 0; e < c.dv; ++e)
+        s += static_cast<double>(dF[d * c.dfin.row_stride + e]) * b.ST[e * c.ldk + d];
+    w.fin[ui] = s;
+  }
+}
+
+// Reverse sweep of one segment, chunks last to first: dk, dv (and k.dk); dH carries the adjoint.
+void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
+                              BwdWork& w) {
+  Decays dec;
+  dec.init(c, u);
+  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    dec.chunk(c, u, t, n, b, true);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    pack_k(c, u, t, n, b, false, true);
+    pack_v(c, u, t, n, b, false, true);
+    load_doa(c, u, t, n, b, w);
+    scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+    float* XT = b.T1;  // [ld][kC]
+    // dv^T[e][j] = ekB_j (dH^T K^T)[e][j] + sum_{i>=j} dOa[i][e] P[i][j]
+    if (!zero) {
+      c.K->gemm(c.dve, kC / kLanes, c.dk, b.dH, 1, c.ldv, b.KT, kC, XT, kC, false);
+      scale_cols(XT, c.dve, kC, b.ekB, n);
+    } else {
+      std::fill(XT, XT + c.dve * kC, 0.f);
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(c.dve, r0 / kLanes + 1, rows, b.dO + r0 * c.ldv, 1, c.ldv, b.P + r0 * kC, kC, XT,
+                kC, true);
+    }
+    store_T(c, u, t, n, XT, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr, c.ldv, b.row);
+    // dk^T[d][j] = ekB_j (dH V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
+    if (!zero) {
+      c.K->gemm(c.dk, kC / kLanes, c.dve, b.dH, c.ldv, 1, b.VT, kC, XT, kC, false);
+      scale_cols(XT, c.dk, kC, b.ekB, n);
+    } else {
+      std::fill(XT, XT + c.dk * kC, 0.f);
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
+                kC, true);
+    }
+    if (w.want_dg)
+      for (int64_t j = 0; j < n; ++j) {
+        float s = 0.f;
+        for (int64_t d = 0; d < c.dk; ++d) s += b.KT[d * kC + j] * XT[d * kC + j];
+        w.rk.get()[w.idx(c, u, t + j)] = s;
+      }
+    store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+    adjoint_update(c, n, b, b.dH, zero);
+    zero = false;
+  }
+  (void)zero;
+}
+
+// Local adjoint of a segment (zero at its end): sum over its chunks of the
+// decayed scale q^T dOa terms, propagated to the segment start.
+void reverse_local(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* L,
+                   const BwdWork& w) {
+  Decays dec;
+  dec.init(c, u);
+  bool zero = true;
+  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    dec.chunk(c, u, t, n, b, false);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    load_doa(c, u, t, n, b, w);
+    adjoint_update(c, n, b, L, zero);
+    zero = false;
+  }
+}
+
+void reduce_gqa(const Ctx& c, const std::vector<Unit>& units, const BwdWork& w, int threads) {
+  // One item per (sequence, kv head, 64-token block); query heads of a group are
+  // summed in head order.
+  struct Item {
+    int64_t ui, t0, t1;
+  };
+  std::vector<Item> items;
+  for (size_t ui = 0; ui < units.size(); ++ui) {
+    const Unit& u = units[ui];
+    if (u.hq % c.group) continue;
+    for (int64_t t = 0; t < u.T; t += kC) items.push_back({static_cast<int64_t>(ui), t, std::min(u.T, t + kC)});
+  }
+  const int64_t m = c.ldmax();
+  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
+    const Unit& u = units[items[it].ui];
+    std::vector<float> row(m);
+    for (int which = 0; which < 2; ++which) {
+      const float* part = which ? w.pdv.get() : w.pdk.get();
+      const int64_t ld = which ? c.ldv : c.ldk, dim = which ? c.dv : c.dk;
+      const Rows& dst = which ? c.dv_ : c.dk_;
+      for (int64_t t = items[it].t0; t < items[it].t1; ++t) {
+        std::fill(row.begin(), row.end(), 0.f);
+        for (int64_t gi = 0; gi < c.group; ++gi) {
+          const float* src = part + ((u.hq + gi) * c.total + u.off + t) * ld;
+          for (int64_t d = 0; d < dim; ++d) row[d] += src[d];
+        }
+        store_row(row.data(), dim, dst.dt, dst.row(u.b, u.t0 + t, u.hkv));
+      }
+    }
+  });
+}
+
+void compute_dg(const Ctx& c, const std::vector<Unit>& units, const BwdWork& w, int threads) {
+  const int64_t U = static_cast<int64_t>(units.size());
+  std::vector<double> head_total(U, 0.0);
+  parallel_for(U, threads, [&](int64_t ui) {
+    const Unit& u = units[ui];
+    double acc = w.fin[ui], sum = 0;
+    const float* rq = w.rq.get() + w.idx(c, u, 0);
+    const float* rk = w.rk.get() + w.idx(c, u, 0);
+    for (int64_t t = u.T - 1; t >= 0; --t) {
+      acc += static_cast<double>(rq[t]) - static_cast<double>(rk[t]);
+      if (c.dg.kind == GateKind::PerToken)
+        store_scalar(static_cast<float>(acc), c.dg.dt, c.dg.at(u.b, u.t0 + t, u.hq));
+      else
+        sum += acc;
+    }
+    head_total[ui] = sum;
+  });
+  if (c.dg.kind == GateKind::PerHead)
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      double s = 0;
+      for (int64_t ui = 0; ui < U; ++ui)  // units are sequence-major: fixed order
+        if (units[ui].hq == h) s += head_total[ui];
+      store_scalar(static_cast<float>(s), c.dg.dt, c.dg.at(0, 0, h));
+    }
+}
+
+void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                        Scratch& scratch, int threads, BwdWork& w) {
+  FloatBuffer states;  // S per unit [ldk][ldv]
+  noncausal_state(c, units, pl, scratch, threads, states);
+  const int64_t sz = c.ldk * c.ldv;
+  FloatBuffer statesT(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    transpose(states.get() + ui * sz, c.dk, c.dve, c.ldv, statesT.get() + ui * sz, c.ldk, c.ldv);
+  });
+  // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
+  FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* S = states.get() + sg.u * sz;
+    const float* ST = statesT.get() + sg.u * sz;
+    float* L = parts.get() + si * sz;
+    std::fill(L, L + sz, 0.f);
+    std::fill(b.ed, b.ed + kC, 1.f);
+    b.eB = 1.f;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      pack_dout(c, u, t, n, b.dO);
+      if (c.normalize) {
+        c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, b.O, c.ldv, false);
+        scale_all(b.O, n * c.ldv, c.scale);
+        normalize_dout(c, n, b);
+        std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+      }
+      float* dq = b.T1;
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, ST, c.ldk, dq, c.ldk, false);
+      scale_all(dq, n * c.ldk, c.scale);
+      for (int64_t i = 0; i < n; ++i)
+        store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
+      adjoint_update(c, n, b, L, false);
+    }
+  });
+  FloatBuffer dS(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    float* X = dS.get() + ui * sz;
+    load_state(c, c.dfin, units[ui], X);
+    for (int64_t s = 0; s < pl.count[ui]; ++s) {
+      const float* L = parts.get() + (pl.first[ui] + s) * sz;
+      for (int64_t i = 0; i < sz; ++i) X[i] += L[i];
+    }
+    if (c.dinit.data) save_state(c, X, c.dinit, units[ui]);
+  });
+  // dk^T = dS V^T, dv^T = dS^T K^T
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* X = dS.get() + sg.u * sz;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_k(c, u, t, n, b, false, true);
+      pack_v(c, u, t, n, b, false, true);
+      float* XT = b.T1;
+      c.K->gemm(c.dve, kC / kLanes, c.dk, X, 1, c.ldv, b.KT, kC, XT, kC, false);
+      store_T(c, u, t, n, XT, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr, c.ldv, b.row);
+      c.K->gemm(c.dk, kC / kLanes, c.dve, X, c.ldv, 1, b.VT, kC, XT, kC, false);
+      store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+    }
+  });
+}
+
+}  // namespace
+
+void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
+  const LinearProblem& p = bp.fwd;
+  Ctx c = make_ctx(p);
+  c.has_dout = bp.has_dout;
+  c.dout = Rows::of(bp.dout, p.dtype);
+  c.dq = Rows::of(bp.dq, p.dtype);
+  c.dk_ = Rows::of(bp.dk, p.dtype);
+  c.dv_ = Rows::of(bp.dv, p.dtype);
+  c.dg = Gate::of(bp.dg);
+  c.dfin = bp.dfinal_state;
+  c.dinit = bp.dinitial_state;
+  c.fin = StateOperand{};
+  int64_t total = 0;
+  const std::vector<Unit> units = make_units(p, &total);
+  c.total = total;
+  if (units.empty()) return;
+  const int threads = resolve_threads(threads_req);
+  const Plan pl = make_plan(units, threads);
+  Scratch scratch(c, threads);
+  const int64_t U = static_cast<int64_t>(units.size());
+
+  BwdWork w;
+  w.want_dg = c.dg.kind != GateKind::None;
+  w.gqa = c.group > 1;
+  w.fin.assign(U, 0.0);
+  const int64_t rows_all = c.heads_q * total;
+  if (w.want_dg) {
+    w.rq.reset(rows_all);
+    w.rk.reset(rows_all);
+  }
+  if (c.normalize) w.doa.reset(rows_all * c.ldv);
+  if (w.gqa) {
+    w.pdk.reset(rows_all * c.ldk);
+    w.pdv.reset(rows_all * c.ldv);
+  }
+
+  if (!c.causal) {
+    noncausal_backward(c, units, pl, scratch, threads, w);
+    if (w.gqa) reduce_gqa(c, units, w, threads);
+    return;
+  }
+
+  // ---- forward sweep: states entering each segment, then dq
+  SegStates ss;
+  if (pl.segmented) {
+    init_seg_states(c, pl, ss);
+    forward_scan(c, units, pl, ss, scratch, threads);
+  }
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, c.init, u, b.S);
+      zero = c.init.data == nullptr;
+    }
+    if (!zero) transpose(b.S, c.dk, c.dve, c.ldv, b.ST, c.ldk, c.ldv);
+    backward_forward_segment(c, u, sg, sg.s + 1 == pl.count[sg.u], b, zero, w, sg.u);
+  });
+
+  // ---- reverse sweep: adjoint states leaving each segment, then dk, dv
+  SegStates hs;
+  if (pl.segmented) {
+    init_seg_states(c, pl, hs);
+    for_segments(pl, threads, true, [&](int64_t si) {
+      const Segment& sg = pl.segs[si];
+      if (sg.s == 0) return;
+      reverse_local(c, units[sg.u], sg, scratch.mine(), hs.at(si - 1), w);
+    });
+    parallel_for(U, threads, [&](int64_t ui) {
+      if (pl.count[ui] <= 1) return;
+      const int64_t f0 = pl.first[ui], ns = pl.count[ui];
+      load_state(c, c.dfin, units[ui], hs.at(f0 + ns - 1));
+      for (int64_t s = ns - 2; s >= 0; --s) {
+        const float a = ss.decay[f0 + s + 1];
+        const float* next = hs.at(f0 + s + 1);
+        float* cur = hs.at(f0 + s);
+        for (int64_t i = 0; i < hs.size; ++i) cur[i] += a * next[i];
+      }
+    });
+  }
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.dH, hs.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, c.dfin, u, b.dH);
+      zero = c.dfin.data == nullptr;
+    }
+    backward_reverse_segment(c, u, sg, b, zero, w);
+    // After the first segment's chunks dH is the adjoint of S_0 (a unit without
+    // tokens passes dS_final straight through: S_final = S_0).
+    if (sg.s == 0 && c.dinit.data) save_state(c, b.dH, c.dinit, u);
+  });
+
+  if (w.gqa) reduce_gqa(c, units, w, threads);
+  if (w.want_dg) compute_dg(c, units, w, threads);
+}
+
+}  // namespace attnkit::cpu
