@@ -34,407 +34,13 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels.hpp"
-#include "parallel.hpp"
+#include "linear_impl.hpp"
 
 namespace attnkit::cpu {
 
 namespace {
 
-constexpr int64_t kC = 64;    // chunk length (tokens)
-constexpr int64_t kBlk = 16;  // triangular sub-block = one SIMD panel of 16 floats
-static_assert(kBlk == kLanes, "triangular blocks are one GEMM panel wide");
-
-inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-inline float load_scalar(const void* p, DType dt) {
-  switch (dt) {
-    case DType::BFloat16: return bf16_to_float(*static_cast<const uint16_t*>(p));
-    case DType::Float16: return half_to_float(*static_cast<const uint16_t*>(p));
-    default: return *static_cast<const float*>(p);
-  }
-}
-inline void store_scalar(float x, DType dt, void* p) {
-  switch (dt) {
-    case DType::BFloat16: *static_cast<uint16_t*>(p) = float_to_bf16(x); break;
-    case DType::Float16: *static_cast<uint16_t*>(p) = float_to_half(x); break;
-    default: *static_cast<float*>(p) = x; break;
-  }
-}
-
-// Token rows of one [B, S, H, D] (or packed) operand.
-struct Rows {
-  char* data = nullptr;
-  DType dt = DType::Float32;
-  int64_t bs = 0, ts = 0, hs = 0;
-  static Rows of(const Operand& o, DType dt) {
-    Rows r;
-    r.data = static_cast<char*>(o.data);
-    r.dt = dt;
-    r.bs = o.batch_stride;
-    r.ts = o.token_stride;
-    r.hs = o.head_stride;
-    return r;
-  }
-  void* row(int64_t b, int64_t t, int64_t h) const {
-    return data + (b * bs + t * ts + h * hs) * dtype_size(dt);
-  }
-};
-
-struct Gate {
-  GateKind kind = GateKind::None;
-  const char* data = nullptr;
-  DType dt = DType::Float32;
-  int64_t bs = 0, ts = 0, hs = 0;
-  static Gate of(const GateOperand& g) {
-    Gate r;
-    r.kind = g.kind;
-    r.data = static_cast<const char*>(g.data);
-    r.dt = g.dtype;
-    r.bs = g.batch_stride;
-    r.ts = g.token_stride;
-    r.hs = g.head_stride;
-    return r;
-  }
-  void* at(int64_t b, int64_t t, int64_t h) const {
-    return const_cast<char*>(data) + (b * bs + t * ts + h * hs) * dtype_size(dt);
-  }
-  float value(int64_t b, int64_t t, int64_t h) const { return load_scalar(at(b, t, h), dt); }
-};
-
-// One (sequence, query head): tokens t0 .. t0+T-1 of operand batch b; `off` is
-// the sequence's first row in flat per-token workspaces ([Hq][total tokens]).
-struct Unit {
-  int64_t b = 0, seq = 0, hq = 0, hkv = 0, t0 = 0, T = 0, off = 0;
-  int64_t chunks() const { return (T + kC - 1) / kC; }
-};
-
-// A run of chunks [c0, c1) of one unit.
-struct Segment {
-  int64_t u = 0, s = 0, c0 = 0, c1 = 0;
-};
-
-struct Ctx {
-  const KernelTable* K = nullptr;
-  int64_t dk = 0, dv = 0, dve = 0, ldk = 0, ldv = 0;  // dve = dv (+1: normaliser column)
-  int64_t heads_q = 0, group = 1, total = 0;
-  float scale = 1.f;
-  bool normalize = false, causal = true;
-  Rows q, k, v, out;
-  Gate g;
-  StateOperand init, fin;
-  // backward
-  bool has_dout = false;
-  Rows dout, dq, dk_, dv_;
-  Gate dg;
-  StateOperand dfin, dinit;
-  int64_t ldmax() const { return std::max(ldk, ldv); }
-};
-
-Ctx make_ctx(const LinearProblem& p) {
-  Ctx c;
-  c.K = &kernels();
-  c.dk = p.head_dim_k;
-  c.dv = p.head_dim_v;
-  c.dve = p.head_dim_v + (p.normalize ? 1 : 0);
-  c.ldk = rup(c.dk, kLanes);
-  c.ldv = rup(c.dve, kLanes);
-  c.heads_q = p.heads_q;
-  c.group = p.heads_q / p.heads_kv;
-  c.scale = p.scale;
-  c.normalize = p.normalize;
-  c.causal = p.is_causal;
-  c.q = Rows::of(p.q, p.dtype);
-  c.k = Rows::of(p.k, p.dtype);
-  c.v = Rows::of(p.v, p.dtype);
-  c.out = Rows::of(p.out, p.dtype);
-  c.g = Gate::of(p.g);
-  c.init = p.initial_state;
-  c.fin = p.final_state;
-  return c;
-}
-
-std::vector<Unit> make_units(const LinearProblem& p, int64_t* total) {
-  std::vector<Unit> units;
-  units.reserve(p.batch * p.heads_q);
-  const int64_t G = p.heads_q / p.heads_kv;
-  int64_t off = 0;
-  for (int64_t n = 0; n < p.batch; ++n) {
-    Unit u;
-    u.seq = n;
-    if (p.varlen()) {
-      u.b = 0;
-      u.t0 = p.cu_seqlens[n];
-      u.T = p.cu_seqlens[n + 1] - p.cu_seqlens[n];
-    } else {
-      u.b = n;
-      u.t0 = 0;
-      u.T = p.seqlen;
-    }
-    u.off = off;
-    off += u.T;
-    for (int64_t h = 0; h < p.heads_q; ++h) {
-      u.hq = h;
-      u.hkv = h / G;
-      units.push_back(u);
-    }
-  }
-  *total = off;
-  return units;
-}
-
-// Segmentation: items of at most W chunks, W chosen so that there are about
-// 2 items per thread when units are few (a single unit still keeps every core
-// busy); with enough units every unit is one segment (single pass, no scan).
-struct Plan {
-  std::vector<Segment> segs;            // all segments, unit-major, in chunk order
-  std::vector<int64_t> first, count;    // per unit: index of its first segment, segment count
-  std::vector<int64_t> order;           // segment indices, longest first (dynamic scheduling)
-  bool segmented = false;               // some unit has more than one segment
-};
-
-Plan make_plan(const std::vector<Unit>& units, int threads) {
-  Plan pl;
-  const int64_t U = static_cast<int64_t>(units.size());
-  int64_t total_chunks = 0;
-  for (const Unit& u : units) total_chunks += u.chunks();
-  constexpr int64_t kMinSegChunks = 4;
-  int64_t W = threads > 1 ? std::max<int64_t>(kMinSegChunks, (total_chunks + 2 * threads - 1) / (2 * threads))
-                          : std::max<int64_t>(1, total_chunks);
-  pl.first.resize(U);
-  pl.count.resize(U);
-  for (int64_t i = 0; i < U; ++i) {
-    const int64_t nc = units[i].chunks();
-    const int64_t ns = nc <= W ? 1 : (nc + W - 1) / W;
-    pl.first[i] = static_cast<int64_t>(pl.segs.size());
-    pl.count[i] = ns;
-    pl.segmented |= ns > 1;
-    for (int64_t s = 0; s < ns; ++s)
-      pl.segs.push_back({i, s, nc * s / ns, nc * (s + 1) / ns});
-  }
-  pl.order.resize(pl.segs.size());
-  for (size_t i = 0; i < pl.order.size(); ++i) pl.order[i] = static_cast<int64_t>(i);
-  std::stable_sort(pl.order.begin(), pl.order.end(), [&](int64_t a, int64_t b) {
-    return pl.segs[a].c1 - pl.segs[a].c0 > pl.segs[b].c1 - pl.segs[b].c0;
-  });
-  return pl;
-}
-
-// ---------------------------------------------------------------- per-thread buffers
-struct Bufs {
-  float *Q, *K, *KT, *V, *Vd, *VT, *dO, *dOd, *P, *Bm, *D, *O, *T1, *S, *ST, *dH, *row;
-  float *ed, *ekB, *f;
-  float eB = 1.f;
-
-  static int64_t floats(const Ctx& c) {
-    const int64_t m = c.ldmax();
-    return 2 * kC * c.ldk + c.ldk * kC + 5 * kC * c.ldv + c.ldv * kC + 3 * kC * kC + m * kC +
-           3 * c.ldk * c.ldv + m + kLanes + 3 * kC + 64;
-  }
-  void carve(float* p, const Ctx& c) {
-    const int64_t m = c.ldmax();
-    auto take = [&](int64_t n) {
-      float* r = p;
-      p += rup(n, 16);
-      return r;
-    };
-    Q = take(kC * c.ldk);
-    K = take(kC * c.ldk);
-    KT = take(c.ldk * kC);
-    V = take(kC * c.ldv);
-    Vd = take(kC * c.ldv);
-    dO = take(kC * c.ldv);
-    dOd = take(kC * c.ldv);
-    O = take(kC * c.ldv);
-    VT = take(c.ldv * kC);
-    P = take(kC * kC);
-    Bm = take(kC * kC);
-    D = take(kC * kC);
-    T1 = take(m * kC);
-    S = take(c.ldk * c.ldv);
-    ST = take(c.ldv * c.ldk);
-    dH = take(c.ldk * c.ldv);
-    row = take(m + kLanes);
-    ed = take(kC);
-    ekB = take(kC);
-    f = take(kC);
-  }
-};
-
-class Scratch {
- public:
-  Scratch(const Ctx& c, int threads) : per_(rup(Bufs::floats(c) + 16 * 24, 16)) {
-    buf_.reset(per_ * threads);
-    bufs_.resize(threads);
-    for (int t = 0; t < threads; ++t) bufs_[t].carve(buf_.get() + per_ * t, c);
-  }
-  Bufs& mine() { return bufs_[thread_index()]; }
-
- private:
-  int64_t per_;
-  FloatBuffer buf_;
-  std::vector<Bufs> bufs_;
-};
-
-// ---------------------------------------------------------------- decays
-// Per-unit gate source. Per head: exact powers pw[m] = exp(m * g_h) (double
-// exp, m <= kC). Per token: products of exp(g_s) in float (each a range product).
-struct Decays {
-  GateKind kind = GateKind::None;
-  float pw[kC + 1];
-
-  void init(const Ctx& c, const Unit& u) {
-    kind = c.g.kind;
-    if (kind == GateKind::PerHead) {
-      const double g = c.g.value(0, 0, u.hq);
-      for (int64_t m = 0; m <= kC; ++m) pw[m] = static_cast<float>(std::exp(g * static_cast<double>(m)));
-    }
-  }
-
-  // ed, ekB, eB and (if want_D) D for tokens [t, t + n) of unit u.
-  void chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool want_D) const {
-    float* ed = b.ed;
-    float* ekB = b.ekB;
-    if (kind == GateKind::None) {
-      std::fill(ed, ed + kC, 1.f);
-      std::fill(ekB, ekB + kC, 1.f);
-      b.eB = 1.f;
-      if (want_D)
-        for (int64_t i = 0; i < kC; ++i) {
-          float* d = b.D + i * kC;
-          for (int64_t j = 0; j < kC; ++j) d[j] = (j <= i && i < n) ? 1.f : 0.f;
-        }
-      return;
-    }
-    if (kind == GateKind::PerHead) {
-      for (int64_t i = 0; i < n; ++i) {
-        ed[i] = pw[i + 1];
-        ekB[i] = pw[n - 1 - i];
-      }
-      b.eB = pw[n];
-      if (want_D)
-        for (int64_t i = 0; i < kC; ++i) {
-          float* d = b.D + i * kC;
-          for (int64_t j = 0; j < kC; ++j) d[j] = (j <= i && i < n) ? pw[i - j] : 0.f;
-        }
-      return;
-    }
-    float* f = b.f;
-    for (int64_t s = 0; s < n; ++s) f[s] = std::exp(c.g.value(u.b, u.t0 + t + s, u.hq));
-    float p = 1.f;
-    for (int64_t i = 0; i < n; ++i) {
-      p *= f[i];
-      ed[i] = p;
-    }
-    b.eB = p;
-    p = 1.f;
-    for (int64_t j = n - 1; j >= 0; --j) {
-      ekB[j] = p;
-      p *= f[j];
-    }
-    if (want_D) {
-      // Row i is row i-1 times f_i, with 1 on the diagonal: every entry is the
-      // product over its own range (j, i], so it never overflows spuriously.
-      for (int64_t i = 0; i < kC; ++i) {
-        float* d = b.D + i * kC;
-        if (i >= n) {
-          std::fill(d, d + kC, 0.f);
-          continue;
-        }
-        if (i > 0) {
-          const float* prev = d - kC;
-          const float fi = f[i];
-          for (int64_t j = 0; j < i; ++j) d[j] = prev[j] * fi;
-        }
-        d[i] = 1.f;
-        std::fill(d + i + 1, d + kC, 0.f);
-      }
-    }
-  }
-
-  // Product of exp(g) over tokens [t, t + n) of unit u.
-  float total(const Ctx& c, const Unit& u, int64_t t, int64_t n) const {
-    if (kind == GateKind::None) return 1.f;
-    if (kind == GateKind::PerHead)
-      return static_cast<float>(std::exp(static_cast<double>(c.g.value(0, 0, u.hq)) * static_cast<double>(n)));
-    float p = 1.f;
-    for (int64_t s = 0; s < n; ++s) p *= std::exp(c.g.value(u.b, u.t0 + t + s, u.hq));
-    return p;
-  }
-};
-
-// ---------------------------------------------------------------- packing
-// Row-major chunk operands [kC][ld] with zero padding (columns past the head
-// dim, rows past n), and transposed ones [ld][kC] with zero columns past n: the
-// GEMMs read whole 16-float panels and whole triangular blocks.
-void pack_rows(const Rows& src, const Unit& u, int64_t hd, int64_t t, int64_t n, int64_t dim,
-               int64_t ld, float* dst) {
-  for (int64_t i = 0; i < kC; ++i) {
-    float* d = dst + i * ld;
-    if (i < n) {
-      load_row(src.row(u.b, u.t0 + t + i, hd), src.dt, dim, d);
-      std::fill(d + dim, d + ld, 0.f);
-    } else {
-      std::fill(d, d + ld, 0.f);
-    }
-  }
-}
-
-// K rows (optional) and K^T (optional) from one read of each row.
-void pack_k(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool rows, bool trans) {
-  if (rows) pack_rows(c.k, u, u.hkv, t, n, c.dk, c.ldk, b.K);
-  if (!trans) return;
-  std::fill(b.KT, b.KT + c.ldk * kC, 0.f);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* r = b.K + i * c.ldk;
-    if (!rows) {
-      load_row(c.k.row(u.b, u.t0 + t + i, u.hkv), c.k.dt, c.dk, b.row);
-      r = b.row;
-    }
-    for (int64_t d = 0; d < c.dk; ++d) b.KT[d * kC + i] = r[d];
-  }
-}
-
-// V rows (with the normaliser's column of ones) and/or V^T.
-void pack_v(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, bool rows, bool trans) {
-  if (rows) {
-    pack_rows(c.v, u, u.hkv, t, n, c.dv, c.ldv, b.V);
-    if (c.normalize)
-      for (int64_t i = 0; i < n; ++i) b.V[i * c.ldv + c.dv] = 1.f;
-  }
-  if (!trans) return;
-  std::fill(b.VT, b.VT + c.ldv * kC, 0.f);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* r = b.V + i * c.ldv;
-    if (!rows) {
-      load_row(c.v.row(u.b, u.t0 + t + i, u.hkv), c.v.dt, c.dv, b.row);
-      r = b.row;
-    }
-    for (int64_t e = 0; e < c.dv; ++e) b.VT[e * kC + i] = r[e];
-    if (c.normalize) b.VT[c.dv * kC + i] = 1.f;
-  }
-}
-
-void pack_dout(const Ctx& c, const Unit& u, int64_t t, int64_t n, float* dst) {
-  if (c.has_dout) {
-    pack_rows(c.dout, u, u.hq, t, n, c.dv, c.ldv, dst);
-  } else {
-    std::fill(dst, dst + kC * c.ldv, 0.f);
-  }
-}
-
-// X^T: dst[j][i] = src[i][j] for i < rows, j < cols (dst zero-padded to ldd columns... caller sized).
-void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd,
-               int64_t dst_rows) {
-  for (int64_t j = 0; j < dst_rows; ++j) std::fill(dst + j * ldd, dst + (j + 1) * ldd, 0.f);
-  constexpr int64_t T = 16;
-  for (int64_t i0 = 0; i0 < rows; i0 += T)
-    for (int64_t j0 = 0; j0 < cols; j0 += T) {
-      const int64_t i1 = std::min(rows, i0 + T), j1 = std::min(cols, j0 + T);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = j0; j < j1; ++j) dst[j * ldd + i] = src[i * lds + j];
-    }
-}
+using namespace lin;
 
 // ---------------------------------------------------------------- chunk math
 // P[i][j] = scale * D[i][j] * (A_i . BT[:, j]) on and below the diagonal, by
@@ -451,23 +57,6 @@ void scores_lower(const Ctx& c, int64_t n, int64_t kdim, const float* A, int64_t
       for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
     }
   }
-}
-
-inline void scale_rows(float* X, int64_t rows, int64_t ld, const float* s, float mul) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float a = s[i] * mul;
-    float* x = X + i * ld;
-    for (int64_t e = 0; e < ld; ++e) x[e] *= a;
-  }
-}
-inline void scale_cols(float* X, int64_t rows, int64_t ld, const float* s, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* x = X + r * ld;
-    for (int64_t j = 0; j < n; ++j) x[j] *= s[j];
-  }
-}
-inline void scale_all(float* X, int64_t n, float a) {
-  for (int64_t i = 0; i < n; ++i) X[i] *= a;
 }
 
 // O = diag(scale * ed) Q S_in + P V  (S null: S_in = 0). Needs Q, V, P (scores_lower on Q, K^T).
@@ -521,32 +110,6 @@ void adjoint_update(const Ctx& c, int64_t n, Bufs& b, float* dH, bool zero_in) {
   c.K->gemm(c.dk, c.ldv / kLanes, n, b.Q, 1, c.ldk, b.dOd, c.ldv, dH, c.ldv, !zero_in);
 }
 
-void load_state(const Ctx& c, const StateOperand& st, const Unit& u, float* S) {
-  std::fill(S, S + c.ldk * c.ldv, 0.f);
-  if (!st.data) return;
-  const float* src = st.at(u.seq, u.hq);
-  for (int64_t d = 0; d < c.dk; ++d) std::memcpy(S + d * c.ldv, src + d * st.row_stride, sizeof(float) * c.dv);
-}
-void save_state(const Ctx& c, const float* S, const StateOperand& st, const Unit& u) {
-  float* dst = st.at(u.seq, u.hq);
-  for (int64_t d = 0; d < c.dk; ++d) std::memcpy(dst + d * st.row_stride, S + d * c.ldv, sizeof(float) * c.dv);
-}
-
-// Writes output rows; with normalize, o = num / den (den = the ones column), 0 where den == 0.
-void store_out(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* O, float* row) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float* o = O + i * c.ldv;
-    if (c.normalize) {
-      const float den = o[c.dv];
-      const float inv = den != 0.f ? 1.f / den : 0.f;
-      for (int64_t e = 0; e < c.dv; ++e) row[e] = o[e] * inv;
-      store_row(row, c.dv, c.out.dt, c.out.row(u.b, u.t0 + t + i, u.hq));
-    } else {
-      store_row(o, c.dv, c.out.dt, c.out.row(u.b, u.t0 + t + i, u.hq));
-    }
-  }
-}
-
 // ---------------------------------------------------------------- segment states (scan)
 // Holds one [ldk][ldv] state per segment of segmented units, plus segment decays.
 struct SegStates {
@@ -587,7 +150,11 @@ void forward_scan(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, 
     Decays dec;
     dec.init(c, u);
     float prod = 1.f;
-    if (sg.s + 1 < pl.count[sg.u]) {  // local state of this segment, from 0
+    if (sg.s + 1 < pl.count[sg.u] && c.amx) {
+      c.K->bf16->begin();
+      bf16_local_state(c, u, sg.c0, sg.c1, b, ss.at(si + 1), &prod);
+      c.K->bf16->end();
+    } else if (sg.s + 1 < pl.count[sg.u]) {  // local state of this segment, from 0
       float* L = ss.at(si + 1);
       bool zero = true;
       for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
@@ -713,6 +280,14 @@ void linear_forward(const LinearProblem& p, int threads_req) {
       load_state(c, c.init, u, b.S);
       zero = c.init.data == nullptr;
     }
+    if (c.amx) {
+      pad_state_rows(c, b.S);
+      c.K->bf16->begin();
+      bf16_forward_chunks(c, u, sg.c0, sg.c1, b, b.S, zero, c.fin.data != nullptr);
+      c.K->bf16->end();
+      if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
+      return;
+    }
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
       dec.chunk(c, u, t, n, b, true);
@@ -734,6 +309,8 @@ void linear_forward(const LinearProblem& p, int threads_req) {
 
 // ============================================================================ backward
 namespace {
+
+using namespace lin;
 
 struct BwdWork {
   FloatBuffer rq, rk;       // [Hq][total] q.dq and k.dk per token (dg wanted)
