@@ -43,6 +43,14 @@ namespace {
 using namespace lin;
 
 // ---------------------------------------------------------------- chunk math
+// Raw lower block triangle P[i][j] = A_i . BT[:, j] (block r: columns [0, 16(r+1))).
+void scores_lower_raw(const Ctx& c, int64_t n, int64_t kdim, const float* A, int64_t lda,
+                      const float* BT, float* P) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk)
+    c.K->gemm(std::min(kBlk, n - r0), r0 / kLanes + 1, kdim, A + r0 * lda, lda, 1, BT, kC,
+              P + r0 * kC, kC, false);
+}
+
 // P[i][j] = scale * D[i][j] * (A_i . BT[:, j]) on and below the diagonal, by
 // 16-row blocks (block r computes columns [0, 16(r+1)) only: the rest is zero
 // and never read).
@@ -313,10 +321,15 @@ namespace {
 using namespace lin;
 
 struct BwdWork {
-  FloatBuffer rq, rk;       // [Hq][total] q.dq and k.dk per token (dg wanted)
+  // dg wanted, per token ([Hq][total]): the inter-chunk parts of q.dq and k.dk,
+  // and the intra-chunk part of dg itself (pairs of the chunk crossing the token)
+  FloatBuffer rq, rk, ri;
+  // ... and, with dS_final, the final state's part of k.dk: f_j = decay(j -> T) k_j dS_final v_j^T
+  FloatBuffer rf;
+  FloatBuffer dfin_pad;     // dS_final per unit, [ldk][ldv] (dg with dS_final)
   FloatBuffer doa;          // normalize: dO adjusted for the normaliser, [Hq][total][ldv]
   FloatBuffer pdk, pdv;     // GQA: per query head dk/dv partials [Hq][total][ld]
-  std::vector<double> fin;  // per unit: <dS_final, S_final>
+  std::vector<double> fin0;  // per unit: <dS_final, decay(0 -> T) S_0>
   bool want_dg = false, gqa = false;
   int64_t idx(const Ctx& c, const Unit& u, int64_t t) const { return u.hq * c.total + u.off + t; }
 };
@@ -364,9 +377,48 @@ void load_doa(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, const 
   }
 }
 
+// P (raw q.k, lower block triangle) *= scale * D.
+void decay_lower(const Ctx& c, int64_t n, const float* D, float* P) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* p = P + i * kC;
+    const float* d = D + i * kC;
+    const int64_t cols = (i / kBlk + 1) * kBlk;
+    for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
+  }
+}
+
+// The intra-chunk part of dg: with w_ij = (q_i.k_j) * Bm_ij (Bm = scale D_ij dOa_i.v_j,
+// the loss's pair terms), out[s] = sum of w_ij over the chunk's pairs j < s <= i --
+// exactly the pairs whose decay includes g_s. Computed from local sums (weights
+// within one chunk), so it does not inherit the cancellation of the long
+// q.dq - k.dk sums. P holds raw scores.
+void intra_dg(const Ctx& c, int64_t n, const Bufs& b, float* out) {
+  (void)c;
+  double row[kC], col[kC];
+  std::fill(row, row + n, 0.0);
+  std::fill(col, col + n, 0.0);
+  for (int64_t i = 1; i < n; ++i) {
+    const float* p = b.P + i * kC;
+    const float* m = b.Bm + i * kC;
+    double rs = 0;
+    for (int64_t j = 0; j < i; ++j) {
+      const double wij = static_cast<double>(p[j]) * m[j];
+      rs += wij;
+      col[j] += wij;
+    }
+    row[i] = rs;
+  }
+  // M_0 = 0, M_{s+1} = M_s - (pairs of row s) + (pairs of column s)
+  double M = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    M += (s > 0 ? col[s - 1] - row[s - 1] : 0.0);
+    out[s] = static_cast<float>(M);
+  }
+}
+
 // Forward sweep of one segment: dq (and q.dq), dOa (normalize); ST / S carry the state.
-void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, bool last_seg,
-                              Bufs& b, bool zero, BwdWork& w, int64_t ui) {
+void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
+                              BwdWork& w) {
   Decays dec;
   dec.init(c, u);
   for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
@@ -391,21 +443,21 @@ void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, bo
     } else {
       std::fill(dq, dq + n * c.ldk, 0.f);
     }
+    if (w.want_dg)  // q . dq, inter-chunk part (the intra part of dg comes from the reverse sweep)
+      for (int64_t i = 0; i < n; ++i) {
+        const float* qi = b.Q + i * c.ldk;
+        const float* r = dq + i * c.ldk;
+        float s = 0.f;
+        for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
+        w.rq.get()[w.idx(c, u, t + i)] = s;
+      }
     for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
       const int64_t rows = std::min(kBlk, n - r0);
       c.K->gemm(rows, c.ldk / kLanes, r0 + kBlk, b.Bm + r0 * kC, kC, 1, b.K, c.ldk,
                 dq + r0 * c.ldk, c.ldk, true);
     }
-    for (int64_t i = 0; i < n; ++i) {
-      const float* r = dq + i * c.ldk;
-      if (w.want_dg) {
-        const float* qi = b.Q + i * c.ldk;
-        float s = 0.f;
-        for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
-        w.rq.get()[w.idx(c, u, t + i)] = s;
-      }
-      store_row(r, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
-    }
+    for (int64_t i = 0; i < n; ++i)
+      store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
     const bool last_chunk = ch + 1 == u.chunks();
     if (!last_chunk || w.want_dg) {
       state_update_T(c, n, b, b.ST, zero);
@@ -413,22 +465,38 @@ void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, bo
       zero = false;
     }
   }
-  if (last_seg && w.want_dg && c.dfin.data && !zero) {
-    // <dS_final, S_final> with S_final^T in b.ST
-    const float* dF = c.dfin.at(u.seq, u.hq);
-    double s = 0;
-    for (int64_t d = 0; d < c.dk; ++d)
-      for (int64_t e = 0; e < c.dv; ++e)
-        s += static_cast<double>(dF[d * c.dfin.row_stride + e]) * b.ST[e * c.ldk + d];
-    w.fin[ui] = s;
+}
+
+// Stores rows i < n of X [kC][ld] (first `dim` columns) into dst, or into the
+// GQA partial buffer.
+void store_R(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
+             int64_t dim, const Rows& dst, float* partial) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (partial)
+      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
+    else
+      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
   }
 }
 
-// Reverse sweep of one segment, chunks last to first: dk, dv (and k.dk); dH carries the adjoint.
+// Reverse sweep of one segment, chunks last to first: dk, dv (and the dg terms);
+// dH carries the adjoint of the state at the current chunk's end.
+//
+// With dg and dS_final both wanted ("split"), dH excludes dS_final, whose
+// decayed contribution E dS_final (E = decay from the chunk's end to T) is added
+// to dk and dv explicitly: then k.dk's inter part never contains it, and the
+// final state's part of dg is summed on its own (see compute_dg) -- otherwise
+// a rounding residual of size <dS_final, S_final> would reach every token.
 void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
-                              BwdWork& w) {
+                              BwdWork& w, int64_t ui, float E) {
   Decays dec;
   dec.init(c, u);
+  const bool split = w.want_dg && c.dfin.data;
+  const float* F = split ? w.dfin_pad.get() + ui * c.ldk * c.ldv : nullptr;
+  float* dv = b.Vd;   // [kC][ldv]
+  float* XF = b.O;    // [kC][ldv] K dS_final
+  float* XT = b.T1;   // [ldk][kC] dk^T
+  float* dHt = b.ST;  // [ldk][ldv] dH + E dS_final (split)
   for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
     dec.chunk(c, u, t, n, b, true);
@@ -436,25 +504,47 @@ void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
     pack_k(c, u, t, n, b, false, true);
     pack_v(c, u, t, n, b, false, true);
     load_doa(c, u, t, n, b, w);
-    scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
     scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
-    float* XT = b.T1;  // [ld][kC]
-    // dv^T[e][j] = ekB_j (dH^T K^T)[e][j] + sum_{i>=j} dOa[i][e] P[i][j]
-    if (!zero) {
-      c.K->gemm(c.dve, kC / kLanes, c.dk, b.dH, 1, c.ldv, b.KT, kC, XT, kC, false);
-      scale_cols(XT, c.dve, kC, b.ekB, n);
-    } else {
-      std::fill(XT, XT + c.dve * kC, 0.f);
+    scores_lower_raw(c, n, c.dk, b.Q, c.ldk, b.KT, b.P);
+    if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
+    decay_lower(c, n, b.D, b.P);
+    // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
+    if (!zero)
+      c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, b.dH, c.ldv, dv, c.ldv, false);
+    else
+      std::fill(dv, dv + n * c.ldv, 0.f);
+    if (split) c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, F, c.ldv, XF, c.ldv, false);
+    for (int64_t j = 0; j < n; ++j) {
+      float* x = dv + j * c.ldv;
+      if (w.want_dg) {  // k_j . dk_j, inter-chunk part = ekB_j (k_j dH) . v_j; and f_j
+        float s = 0.f, sf = 0.f;
+        for (int64_t e = 0; e < c.dve; ++e) s += x[e] * b.VT[e * kC + j];
+        w.rk.get()[w.idx(c, u, t + j)] = s * b.ekB[j];
+        if (split) {
+          for (int64_t e = 0; e < c.dv; ++e) sf += XF[j * c.ldv + e] * b.VT[e * kC + j];
+          w.rf.get()[w.idx(c, u, t + j)] = sf * b.ekB[j] * E;
+        }
+      }
+      const float a = b.ekB[j];
+      if (split)
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
+      else
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
     }
     for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
       const int64_t rows = std::min(kBlk, n - r0);
-      c.K->gemm(c.dve, r0 / kLanes + 1, rows, b.dO + r0 * c.ldv, 1, c.ldv, b.P + r0 * kC, kC, XT,
-                kC, true);
+      c.K->gemm(rows, c.ldv / kLanes, n - r0, b.P + r0 * kC + r0, 1, kC, b.dO + r0 * c.ldv, c.ldv,
+                dv + r0 * c.ldv, c.ldv, true);
     }
-    store_T(c, u, t, n, XT, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr, c.ldv, b.row);
-    // dk^T[d][j] = ekB_j (dH V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
-    if (!zero) {
-      c.K->gemm(c.dk, kC / kLanes, c.dve, b.dH, c.ldv, 1, b.VT, kC, XT, kC, false);
+    store_R(c, u, t, n, dv, c.ldv, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr);
+    // dk^T[d][j] = ekB_j ((dH + E dS_final) V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
+    const float* H = b.dH;
+    if (split) {
+      for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : b.dH[i]) + E * F[i];
+      H = dHt;
+    }
+    if (!zero || split) {
+      c.K->gemm(c.dk, kC / kLanes, c.dve, H, c.ldv, 1, b.VT, kC, XT, kC, false);
       scale_cols(XT, c.dk, kC, b.ekB, n);
     } else {
       std::fill(XT, XT + c.dk * kC, 0.f);
@@ -464,17 +554,24 @@ void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
       c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
                 kC, true);
     }
-    if (w.want_dg)
-      for (int64_t j = 0; j < n; ++j) {
-        float s = 0.f;
-        for (int64_t d = 0; d < c.dk; ++d) s += b.KT[d * kC + j] * XT[d * kC + j];
-        w.rk.get()[w.idx(c, u, t + j)] = s;
-      }
     store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
     adjoint_update(c, n, b, b.dH, zero);
     zero = false;
+    E *= b.eB;
   }
-  (void)zero;
+  if (split && sg.s == 0) {
+    // d S_0 = dH + decay(0 -> T) dS_final; and <dS_final, decay(0 -> T) S_0> for dg
+    if (zero) std::fill(b.dH, b.dH + c.ldk * c.ldv, 0.f);
+    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) b.dH[i] += E * F[i];
+    if (c.init.data) {
+      const float* S0 = c.init.at(u.seq, u.hq);
+      double acc = 0;
+      for (int64_t d = 0; d < c.dk; ++d)
+        for (int64_t e = 0; e < c.dv; ++e)
+          acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
+      w.fin0[ui] = acc * E;
+    }
+  }
 }
 
 // Local adjoint of a segment (zero at its end): sum over its chunks of the
@@ -531,15 +628,32 @@ void compute_dg(const Ctx& c, const std::vector<Unit>& units, const BwdWork& w, 
   std::vector<double> head_total(U, 0.0);
   parallel_for(U, threads, [&](int64_t ui) {
     const Unit& u = units[ui];
-    double acc = w.fin[ui], sum = 0;
+    double acc = 0, sum = 0;
     const float* rq = w.rq.get() + w.idx(c, u, 0);
     const float* rk = w.rk.get() + w.idx(c, u, 0);
+    const float* ri = w.ri.get() + w.idx(c, u, 0);
+    // dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>, regrouped so
+    // that no large sums cancel: the intra-chunk pairs come from ri (they cancel
+    // exactly in the inter-chunk sums), and the final state's part is the
+    // prefix sum fin0 + sum_{j<s} f_j instead of <dS_final, S_final> minus a
+    // suffix sum (rk excludes f).
+    std::vector<double> fpre;
+    if (c.dfin.data) {
+      const float* rf = w.rf.get() + w.idx(c, u, 0);
+      fpre.resize(u.T);
+      double p = w.fin0[ui];
+      for (int64_t t = 0; t < u.T; ++t) {
+        fpre[t] = p;
+        p += rf[t];
+      }
+    }
     for (int64_t t = u.T - 1; t >= 0; --t) {
       acc += static_cast<double>(rq[t]) - static_cast<double>(rk[t]);
+      const double dg = acc + ri[t] + (fpre.empty() ? 0.0 : fpre[t]);
       if (c.dg.kind == GateKind::PerToken)
-        store_scalar(static_cast<float>(acc), c.dg.dt, c.dg.at(u.b, u.t0 + t, u.hq));
+        store_scalar(static_cast<float>(dg), c.dg.dt, c.dg.at(u.b, u.t0 + t, u.hq));
       else
-        sum += acc;
+        sum += dg;
     }
     head_total[ui] = sum;
   });
@@ -646,11 +760,18 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
   BwdWork w;
   w.want_dg = c.dg.kind != GateKind::None;
   w.gqa = c.group > 1;
-  w.fin.assign(U, 0.0);
+  w.fin0.assign(U, 0.0);
   const int64_t rows_all = c.heads_q * total;
   if (w.want_dg) {
     w.rq.reset(rows_all);
     w.rk.reset(rows_all);
+    w.ri.reset(rows_all);
+    if (c.dfin.data) {
+      w.rf.reset(rows_all);
+      w.dfin_pad.reset(U * c.ldk * c.ldv);
+      for (int64_t ui = 0; ui < U; ++ui)
+        load_state(c, c.dfin, units[ui], w.dfin_pad.get() + ui * c.ldk * c.ldv);
+    }
   }
   if (c.normalize) w.doa.reset(rows_all * c.ldv);
   if (w.gqa) {
@@ -683,10 +804,11 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
       zero = c.init.data == nullptr;
     }
     if (!zero) transpose(b.S, c.dk, c.dve, c.ldv, b.ST, c.ldk, c.ldv);
-    backward_forward_segment(c, u, sg, sg.s + 1 == pl.count[sg.u], b, zero, w, sg.u);
+    backward_forward_segment(c, u, sg, b, zero, w);
   });
 
   // ---- reverse sweep: adjoint states leaving each segment, then dk, dv
+  const bool split = w.want_dg && c.dfin.data;  // see backward_reverse_segment
   SegStates hs;
   if (pl.segmented) {
     init_seg_states(c, pl, hs);
@@ -698,7 +820,7 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     parallel_for(U, threads, [&](int64_t ui) {
       if (pl.count[ui] <= 1) return;
       const int64_t f0 = pl.first[ui], ns = pl.count[ui];
-      load_state(c, c.dfin, units[ui], hs.at(f0 + ns - 1));
+      load_state(c, split ? StateOperand{} : c.dfin, units[ui], hs.at(f0 + ns - 1));
       for (int64_t s = ns - 2; s >= 0; --s) {
         const float a = ss.decay[f0 + s + 1];
         const float* next = hs.at(f0 + s + 1);
@@ -716,10 +838,12 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
       std::memcpy(b.dH, hs.at(si), sizeof(float) * c.ldk * c.ldv);
       zero = false;
     } else {
-      load_state(c, c.dfin, u, b.dH);
-      zero = c.dfin.data == nullptr;
+      load_state(c, split ? StateOperand{} : c.dfin, u, b.dH);
+      zero = split || c.dfin.data == nullptr;
     }
-    backward_reverse_segment(c, u, sg, b, zero, w);
+    float E = 1.f;  // decay from the segment's end to the unit's end
+    for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) E *= ss.decay[pl.first[sg.u] + s2];
+    backward_reverse_segment(c, u, sg, b, zero, w, sg.u, E);
     // After the first segment's chunks dH is the adjoint of S_0 (a unit without
     // tokens passes dS_final straight through: S_final = S_0).
     if (sg.s == 0 && c.dinit.data) save_state(c, b.dH, c.dinit, u);
