@@ -298,6 +298,7 @@ void linear_forward(const LinearProblem& p, int threads_req) {
     }
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
       dec.chunk(c, u, t, n, b, true);
       pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
       pack_k(c, u, t, n, b, false, true);
@@ -423,6 +424,7 @@ void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
   dec.init(c, u);
   for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
     dec.chunk(c, u, t, n, b, true);
     pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
     pack_k(c, u, t, n, b, true, c.normalize);
@@ -499,6 +501,7 @@ void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
   float* dHt = b.ST;  // [ldk][ldv] dH + E dS_final (split)
   for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
     dec.chunk(c, u, t, n, b, true);
     pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
     pack_k(c, u, t, n, b, false, true);

@@ -190,6 +190,7 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
   for (int64_t ch = c0; ch < c1; ++ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
     const int64_t rows = r16(n);  // query rows computed (16-row tiles)
+    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
     dec.chunk(c, u, t, n, b, true);
     // q rows: read in place when they need no padding, else copied.
     const uint16_t* Qa = b.Qb;

@@ -495,6 +495,23 @@ inline void store_out(const Ctx& c, const Unit& u, int64_t t, int64_t n, const f
   }
 }
 
+// Software prefetch of the q, k, v rows of tokens [t, t + n) of u (the next
+// chunk, while this one computes): rows are short (a head's slice of a token)
+// and far apart, a pattern the hardware prefetchers cover poorly.
+inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
+  const int64_t bq = c.dk * dtype_size(c.q.dt), bv = c.dv * dtype_size(c.v.dt);
+  for (int64_t i = 0; i < n; ++i) {
+    const char* q = static_cast<const char*>(c.q.row(u.b, u.t0 + t + i, u.hq));
+    const char* k = static_cast<const char*>(c.k.row(u.b, u.t0 + t + i, u.hkv));
+    const char* v = static_cast<const char*>(c.v.row(u.b, u.t0 + t + i, u.hkv));
+    for (int64_t o = 0; o < bq; o += 64) {
+      __builtin_prefetch(q + o);
+      __builtin_prefetch(k + o);
+    }
+    for (int64_t o = 0; o < bv; o += 64) __builtin_prefetch(v + o);
+  }
+}
+
 // Zero rows [ldk, lk32) of a state buffer: the bf16 path reads S as a K-depth
 // of lk32 (the tile depth) rows.
 inline void pad_state_rows(const Ctx& c, float* S) {
