@@ -321,102 +321,6 @@ namespace {
 
 using namespace lin;
 
-struct BwdWork {
-  // dg wanted, per token ([Hq][total]): the inter-chunk parts of q.dq and k.dk,
-  // and the intra-chunk part of dg itself (pairs of the chunk crossing the token)
-  FloatBuffer rq, rk, ri;
-  // ... and, with dS_final, the final state's part of k.dk: f_j = decay(j -> T) k_j dS_final v_j^T
-  FloatBuffer rf;
-  FloatBuffer dfin_pad;     // dS_final per unit, [ldk][ldv] (dg with dS_final)
-  FloatBuffer doa;          // normalize: dO adjusted for the normaliser, [Hq][total][ldv]
-  FloatBuffer pdk, pdv;     // GQA: per query head dk/dv partials [Hq][total][ld]
-  std::vector<double> fin0;  // per unit: <dS_final, decay(0 -> T) S_0>
-  bool want_dg = false, gqa = false;
-  int64_t idx(const Ctx& c, const Unit& u, int64_t t) const { return u.hq * c.total + u.off + t; }
-};
-
-// Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
-// into dst, or into the GQA partial buffer.
-void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
-             const Rows& dst, float* partial, int64_t ldp, float* row) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* r = partial ? partial + (u.hq * c.total + u.off + t + i) * ldp : row;
-    for (int64_t d = 0; d < dim; ++d) r[d] = XT[d * kC + i];
-    if (!partial) store_row(r, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
-  }
-}
-
-// dOa for normalize: o = num/den -> d num = dO/den, d den = -(dO . o)/den (0 where den == 0).
-// Needs O (raw, with den in column dv); writes b.dO in place.
-void normalize_dout(const Ctx& c, int64_t n, Bufs& b) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* d = b.dO + i * c.ldv;
-    const float* o = b.O + i * c.ldv;
-    const float den = o[c.dv];
-    if (den == 0.f) {
-      std::fill(d, d + c.ldv, 0.f);
-      continue;
-    }
-    const float inv = 1.f / den;
-    float dot = 0.f;
-    for (int64_t e = 0; e < c.dv; ++e) {
-      dot += d[e] * o[e] * inv;
-      d[e] *= inv;
-    }
-    d[c.dv] = -dot * inv;
-  }
-}
-
-// The chunk's dOa rows into b.dO (normalize: from the workspace written by the forward sweep).
-void load_doa(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, const BwdWork& w) {
-  if (c.normalize) {
-    const float* src = w.doa.get() + w.idx(c, u, t) * c.ldv;
-    std::memcpy(b.dO, src, sizeof(float) * n * c.ldv);
-    std::fill(b.dO + n * c.ldv, b.dO + kC * c.ldv, 0.f);
-  } else {
-    pack_dout(c, u, t, n, b.dO);
-  }
-}
-
-// P (raw q.k, lower block triangle) *= scale * D.
-void decay_lower(const Ctx& c, int64_t n, const float* D, float* P) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* p = P + i * kC;
-    const float* d = D + i * kC;
-    const int64_t cols = (i / kBlk + 1) * kBlk;
-    for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
-  }
-}
-
-// The intra-chunk part of dg: with w_ij = (q_i.k_j) * Bm_ij (Bm = scale D_ij dOa_i.v_j,
-// the loss's pair terms), out[s] = sum of w_ij over the chunk's pairs j < s <= i --
-// exactly the pairs whose decay includes g_s. Computed from local sums (weights
-// within one chunk), so it does not inherit the cancellation of the long
-// q.dq - k.dk sums. P holds raw scores.
-void intra_dg(const Ctx& c, int64_t n, const Bufs& b, float* out) {
-  (void)c;
-  double row[kC], col[kC];
-  std::fill(row, row + n, 0.0);
-  std::fill(col, col + n, 0.0);
-  for (int64_t i = 1; i < n; ++i) {
-    const float* p = b.P + i * kC;
-    const float* m = b.Bm + i * kC;
-    double rs = 0;
-    for (int64_t j = 0; j < i; ++j) {
-      const double wij = static_cast<double>(p[j]) * m[j];
-      rs += wij;
-      col[j] += wij;
-    }
-    row[i] = rs;
-  }
-  // M_0 = 0, M_{s+1} = M_s - (pairs of row s) + (pairs of column s)
-  double M = 0;
-  for (int64_t s = 0; s < n; ++s) {
-    M += (s > 0 ? col[s - 1] - row[s - 1] : 0.0);
-    out[s] = static_cast<float>(M);
-  }
-}
-
 // Forward sweep of one segment: dq (and q.dq), dOa (normalize); ST / S carry the state.
 void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
                               BwdWork& w) {
@@ -460,24 +364,11 @@ void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
     }
     for (int64_t i = 0; i < n; ++i)
       store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
-    const bool last_chunk = ch + 1 == u.chunks();
-    if (!last_chunk || w.want_dg) {
+    if (ch + 1 < u.chunks()) {
       state_update_T(c, n, b, b.ST, zero);
       if (c.normalize) state_update(c, n, b, b.S, zero);
       zero = false;
     }
-  }
-}
-
-// Stores rows i < n of X [kC][ld] (first `dim` columns) into dst, or into the
-// GQA partial buffer.
-void store_R(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
-             int64_t dim, const Rows& dst, float* partial) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (partial)
-      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
-    else
-      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
   }
 }
 
@@ -750,6 +641,7 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
   c.dg = Gate::of(bp.dg);
   c.dfin = bp.dfinal_state;
   c.dinit = bp.dinitial_state;
+  c.hp = c.amx && c.dg.kind == GateKind::PerHead;
   c.fin = StateOperand{};
   int64_t total = 0;
   const std::vector<Unit> units = make_units(p, &total);
@@ -806,6 +698,13 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
       load_state(c, c.init, u, b.S);
       zero = c.init.data == nullptr;
     }
+    if (c.amx) {
+      pad_state_rows(c, b.S);
+      c.K->bf16->begin();
+      bf16_backward_forward(c, u, sg.c0, sg.c1, b, b.S, zero, w);
+      c.K->bf16->end();
+      return;
+    }
     if (!zero) transpose(b.S, c.dk, c.dve, c.ldv, b.ST, c.ldk, c.ldv);
     backward_forward_segment(c, u, sg, b, zero, w);
   });
@@ -818,6 +717,12 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     for_segments(pl, threads, true, [&](int64_t si) {
       const Segment& sg = pl.segs[si];
       if (sg.s == 0) return;
+      if (c.amx) {
+        c.K->bf16->begin();
+        bf16_reverse_local(c, units[sg.u], sg.c0, sg.c1, scratch.mine(), hs.at(si - 1), w);
+        c.K->bf16->end();
+        return;
+      }
       reverse_local(c, units[sg.u], sg, scratch.mine(), hs.at(si - 1), w);
     });
     parallel_for(U, threads, [&](int64_t ui) {
@@ -846,7 +751,14 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     }
     float E = 1.f;  // decay from the segment's end to the unit's end
     for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) E *= ss.decay[pl.first[sg.u] + s2];
-    backward_reverse_segment(c, u, sg, b, zero, w, sg.u, E);
+    if (c.amx) {
+      pad_state_rows(c, b.dH);
+      c.K->bf16->begin();
+      bf16_backward_reverse(c, u, sg, b, b.dH, zero, w, sg.u, E);
+      c.K->bf16->end();
+    } else {
+      backward_reverse_segment(c, u, sg, b, zero, w, sg.u, E);
+    }
     // After the first segment's chunks dH is the adjoint of S_0 (a unit without
     // tokens passes dS_final straight through: S_final = S_0).
     if (sg.s == 0 && c.dinit.data) save_state(c, b.dH, c.dinit, u);

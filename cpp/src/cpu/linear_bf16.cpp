@@ -105,7 +105,15 @@ AK_TGT void decay_row(const float* P, const float* D, float s, uint16_t* dst) {
 
 // Decayed K^T rows from VNNI K^T: for dims (2p, 2p+1) and tokens j < nt (a
 // multiple of 16), KdT[2p][j] = k_j[2p] ekB_j, KdT[2p+1][j] = k_j[2p+1] ekB_j.
-AK_TGT void decayed_kt(const uint16_t* KTv, int64_t pairs, const float* ekB, int64_t nt, uint16_t* KdT) {
+// bf16 of x, and (lo non-null) bf16 of the remainder x - float(bf16(x)).
+AK_TGT inline void store_split(uint16_t* hi, uint16_t* lo, __m512 x) {
+  const __m256i h = narrow(x);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi), h);
+  if (lo) _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo), narrow(_mm512_sub_ps(x, widen(h))));
+}
+
+AK_TGT void decayed_kt(const uint16_t* KTv, int64_t pairs, const float* ekB, int64_t nt, uint16_t* KdT,
+                       uint16_t* KdTlo = nullptr) {
   const __m512i hi_mask = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   for (int64_t p = 0; p < pairs; ++p) {
     const uint32_t* row = reinterpret_cast<const uint32_t*>(KTv) + p * kC;
@@ -114,8 +122,9 @@ AK_TGT void decayed_kt(const uint16_t* KTv, int64_t pairs, const float* ekB, int
       const __m512 e = _mm512_loadu_ps(ekB + j);
       const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
       const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(x, hi_mask));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(KdT + 2 * p * kC + j), narrow(_mm512_mul_ps(lo, e)));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(KdT + (2 * p + 1) * kC + j), narrow(_mm512_mul_ps(hi, e)));
+      const int64_t o0 = 2 * p * kC + j, o1 = (2 * p + 1) * kC + j;
+      store_split(KdT + o0, KdTlo ? KdTlo + o0 : nullptr, _mm512_mul_ps(lo, e));
+      store_split(KdT + o1, KdTlo ? KdTlo + o1 : nullptr, _mm512_mul_ps(hi, e));
     }
   }
 }
@@ -164,10 +173,139 @@ void pack_v_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b) {
 // S = eB S (already applied when `scaled`) + (K diag(ekB))^T V.
 void state_update_bf16(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in, bool scaled) {
   const int64_t nt = r32(n);
-  decayed_kt(b.KTv, c.ldk / 2, b.ekB, nt, b.KdTb);
+  const uint16_t* Vv = b.SVv + (c.lk32 / 2) * 2 * c.ldv;
+  decayed_kt(b.KTv, c.ldk / 2, b.ekB, nt, b.KdTb, c.hp ? b.KdTlo : nullptr);
   if (!zero_in && !scaled) scale_inplace(S, c.ldk * c.ldv, b.eB);
-  c.K->bf16->tile_gemm(c.ldk, c.ldv, nt, b.KdTb, kC, b.SVv + (c.lk32 / 2) * 2 * c.ldv, 2 * c.ldv, S,
-                       c.ldv, !zero_in);
+  c.K->bf16->tile_gemm(c.ldk, c.ldv, nt, b.KdTb, kC, Vv, 2 * c.ldv, S, c.ldv, !zero_in);
+  if (c.hp) c.K->bf16->tile_gemm(c.ldk, c.ldv, nt, b.KdTlo, kC, Vv, 2 * c.ldv, S, c.ldv, true);
+}
+
+// ---- backward helpers
+
+// r[i] = x[i] - float(bf16(x[i])): the part a bf16 copy of x loses (n % 16 == 0).
+AK_TGT void split_rows(const float* x, int64_t n, float* r) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    _mm512_storeu_ps(r + i, _mm512_sub_ps(v, widen(narrow(v))));
+  }
+}
+
+AK_TGT float dot_bf16(const uint16_t* a, const float* x, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = first(n - i);
+    acc = _mm512_fmadd_ps(widen(_mm256_maskz_loadu_epi16(m, a + i)), _mm512_maskz_loadu_ps(m, x + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// VNNI rows from pairs of fp32 rows (no scaling): out[2e] = bf16(r0[e]), out[2e+1] = bf16(r1[e]).
+AK_TGT void vnni_rows(const float* r0, const float* r1, int64_t n, uint16_t* out) {
+  alignas(64) static const uint16_t kIdx[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i idx = _mm512_load_si512(kIdx);
+  for (int64_t e = 0; e < n; e += 16) {
+    const __m512i w = reinterpret_cast<__m512i>(
+        _mm512_cvtne2ps_pbh(_mm512_loadu_ps(r1 + e), _mm512_loadu_ps(r0 + e)));
+    _mm512_storeu_si512(out + 2 * e, _mm512_permutexvar_epi16(idx, w));
+  }
+}
+
+// X [lk32][ldv] fp32 -> VNNI by pairs of rows [lk32/2][2 ldv] (the B operand of K X);
+// with lo, the remainder X - bf16(X) too (in `tmp`, [lk32][ldv] floats of scratch).
+void rows_vnni(const Ctx& c, const float* X, uint16_t* out, uint16_t* lo = nullptr, float* tmp = nullptr) {
+  for (int64_t p = 0; p < c.lk32 / 2; ++p)
+    vnni_rows(X + 2 * p * c.ldv, X + (2 * p + 1) * c.ldv, c.ldv, out + p * 2 * c.ldv);
+  if (!lo) return;
+  for (int64_t p = 0; p < c.lk32 / 2; ++p) {
+    split_rows(X + 2 * p * c.ldv, c.ldv, tmp + 2 * p * c.ldv);
+    split_rows(X + (2 * p + 1) * c.ldv, c.ldv, tmp + (2 * p + 1) * c.ldv);
+    vnni_rows(tmp + 2 * p * c.ldv, tmp + (2 * p + 1) * c.ldv, c.ldv, lo + p * 2 * c.ldv);
+  }
+}
+
+// X [lk32][ldv] fp32 -> X^T in VNNI [lv32/2][2 lk32] (the B operand of A X^T): bf16
+// rows padded to lv32, whose 32-bit transpose pairs consecutive columns. With lo,
+// the remainder's too.
+void transposed_vnni(const Ctx& c, const float* X, Bufs& b, uint16_t* out, uint16_t* lo = nullptr) {
+  for (int64_t d = 0; d < c.lk32; ++d) {
+    uint16_t* r = b.Xb + d * c.lv32;
+    cvt_scaled(X + d * c.ldv, 1.f, c.ldv, r);
+    std::fill(r + c.ldv, r + c.lv32, uint16_t(0));
+  }
+  c.K->transpose32(b.Xb, c.lv32 / 2, c.lk32, c.lv32 / 2, out, c.lk32);
+  if (!lo) return;
+  for (int64_t d = 0; d < c.lk32; ++d) {
+    float* tmp = b.row;  // ldv floats
+    split_rows(X + d * c.ldv, c.ldv, tmp);
+    cvt_scaled(tmp, 1.f, c.ldv, b.Xb + d * c.lv32);
+  }
+  c.K->transpose32(b.Xb, c.lv32 / 2, c.lk32, c.lv32 / 2, lo, c.lk32);
+}
+
+// Pairs of bf16 rows [kC][ld] interleaved: VNNI by token pairs, rows of n elements.
+void token_pairs(const Ctx& c, const uint16_t* rows, int64_t ld, int64_t n, uint16_t* out) {
+  for (int64_t p = 0; p < kC / 2; ++p)
+    c.K->interleave16(rows + 2 * p * ld, rows + (2 * p + 1) * ld, n, out + p * 2 * n);
+}
+
+// fp32 rows [n][lds] -> bf16 rows [kC][ldd] (times a per-row factor; zero-padded
+// past `dim` and for rows [n, kC)).
+void f32_rows_bf16(const float* src, int64_t lds, int64_t n, int64_t dim, const float* mul, float s,
+                   int64_t ldd, uint16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    cvt_scaled(src + i * lds, (mul ? mul[i] : 1.f) * s, dim, dst + i * ldd);
+    std::fill(dst + i * ldd + dim, dst + (i + 1) * ldd, uint16_t(0));
+  }
+  std::fill(dst + n * ldd, dst + kC * ldd, uint16_t(0));
+}
+
+// bf16 rows [kC][ld] -> bf16 rows scaled per row (zero-padded, rows past n zero).
+void scaled_rows_bf16(const uint16_t* src, int64_t n, int64_t dim, const float* mul, float s,
+                      int64_t ld, uint16_t* dst) {
+  for (int64_t i = 0; i < n; ++i) bf16_scaled(src + i * ld, mul[i] * s, dim, ld, dst + i * ld);
+  std::fill(dst + n * ld, dst + kC * ld, uint16_t(0));
+}
+
+// P fp32 [kC][kC] (rows past `rows` zeroed first) -> P^T as bf16 rows.
+void transpose_bf16(const Ctx& c, float* P, int64_t rows, Bufs& b, uint16_t* out) {
+  std::fill(P + rows * kC, P + kC * kC, 0.f);
+  c.K->transpose32(P, kC, kC, kC, b.T1, kC);
+  c.K->store_row(b.T1, kC * kC, DType::BFloat16, out);
+}
+
+// In-place P *= scale D over full rows [0, rows).
+void decay_full(const Ctx& c, int64_t rows, const float* D, float* P) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* p = P + i * kC;
+    const float* d = D + i * kC;
+    for (int64_t j = 0; j < kC; ++j) p[j] *= c.scale * d[j];
+  }
+}
+
+// dOa rows as bf16 [kC][lv32] into b.Db (from the input, or from the normalize workspace).
+void load_doa_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, const BwdWork& w) {
+  if (c.normalize) {
+    load_doa(c, u, t, n, b, w);  // fp32 into b.dO
+    f32_rows_bf16(b.dO, c.ldv, n, c.dve, nullptr, 1.f, c.lv32, b.Db);
+  } else if (c.has_dout) {
+    copy_rows_bf16(c.dout, u, u.hq, t, n, c.dv, c.lv32, kC, b.Db);
+  } else {
+    std::fill(b.Db, b.Db + kC * c.lv32, uint16_t(0));
+  }
+}
+
+void store_rows_any(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
+                    int64_t dim, const Rows& dst, int64_t head, float* partial) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (partial) {
+      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
+    } else if (dst.dt == DType::BFloat16) {
+      cvt_scaled(X + i * ld, 1.f, dim, static_cast<uint16_t*>(dst.row(u.b, u.t0 + t + i, head)));
+    } else {
+      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, head));
+    }
+  }
 }
 
 void store_out_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* O, float* row) {
@@ -177,6 +315,36 @@ void store_out_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, const flo
   }
   for (int64_t i = 0; i < n; ++i)
     cvt_scaled(O + i * c.ldv, 1.f, c.dv, static_cast<uint16_t*>(c.out.row(u.b, u.t0 + t + i, u.hq)));
+}
+
+// Raw chunk output into b.O: P = Q K^T (all 64 keys: the part above the
+// diagonal is zeroed by D), then O = [Q diag(scale ed) | P o D scale] . [S_in ; V]
+// in one product. S_in's operand copy is written in the same pass that applies
+// this chunk's decay eB to S (so a state update that follows passes scaled=true).
+// Needs b.KTv, the V half of b.SVv, the chunk decays; q rows at Qa (stride ldq).
+void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int64_t ldq, float* S,
+                       bool zero) {
+  const Bf16Kernels& T = *c.K->bf16;
+  const int64_t lda = c.lk32 + kC, rows = r16(n);
+  T.tile_gemm(rows, kC, c.lk32, Qa, ldq, b.KTv, 2 * kC, b.P, kC, false);
+  for (int64_t i = 0; i < rows; ++i) {
+    uint16_t* a = b.Ab + i * lda;
+    decay_row(b.P + i * kC, b.D + i * kC, c.scale, a + c.lk32);
+    if (zero) continue;
+    if (i < n)
+      bf16_scaled(Qa + i * ldq, c.scale * b.ed[i], c.dk, c.lk32, a);
+    else
+      std::fill(a, a + c.lk32, uint16_t(0));
+  }
+  if (!zero) {
+    for (int64_t p = 0; p < c.lk32 / 2; ++p)
+      vnni_rows_and_scale(S + 2 * p * c.ldv, S + (2 * p + 1) * c.ldv, c.ldv, b.eB,
+                          b.SVv + p * 2 * c.ldv);
+    T.tile_gemm(rows, c.ldv, c.lk32 + kC, b.Ab, lda, b.SVv, 2 * c.ldv, b.O, c.ldv, false);
+  } else {
+    T.tile_gemm(rows, c.ldv, kC, b.Ab + c.lk32, lda, b.SVv + (c.lk32 / 2) * 2 * c.ldv, 2 * c.ldv,
+                b.O, c.ldv, false);
+  }
 }
 
 }  // namespace
@@ -203,29 +371,7 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
     }
     pack_k_bf16(c, u, t, n, b);
     pack_v_bf16(c, u, t, n, b);
-    // P = Q K^T (all 64 keys: the part above the diagonal is zeroed by D), then
-    // the A operand [q * scale * ed | P o D * scale].
-    T.tile_gemm(rows, kC, c.lk32, Qa, ldq, b.KTv, 2 * kC, b.P, kC, false);
-    for (int64_t i = 0; i < rows; ++i) {
-      uint16_t* a = b.Ab + i * lda;
-      decay_row(b.P + i * kC, b.D + i * kC, c.scale, a + c.lk32);
-      if (zero) continue;
-      if (i < n)
-        bf16_scaled(Qa + i * ldq, c.scale * b.ed[i], c.dk, c.lk32, a);
-      else
-        std::fill(a, a + c.lk32, uint16_t(0));
-    }
-    // O = [Q diag(scale ed) | P o D scale] . [S_in ; V]; S_in's operand copy is
-    // written in the same pass that applies this chunk's decay to S.
-    if (!zero) {
-      for (int64_t p = 0; p < c.lk32 / 2; ++p)
-        vnni_rows_and_scale(S + 2 * p * c.ldv, S + (2 * p + 1) * c.ldv, c.ldv, b.eB,
-                            b.SVv + p * 2 * c.ldv);
-      T.tile_gemm(rows, c.ldv, c.lk32 + kC, b.Ab, lda, b.SVv, 2 * c.ldv, b.O, c.ldv, false);
-    } else {
-      T.tile_gemm(rows, c.ldv, kC, b.Ab + c.lk32, lda, b.SVv + (c.lk32 / 2) * 2 * c.ldv, 2 * c.ldv,
-                  b.O, c.ldv, false);
-    }
+    chunk_output_bf16(c, n, b, Qa, ldq, S, zero);
     store_out_bf16(c, u, t, n, b.O, b.row);
     if (ch + 1 < u.chunks() || keep_state) {
       state_update_bf16(c, n, b, S, zero, true);
@@ -252,10 +398,188 @@ void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs&
   *decay = prod;
 }
 
+void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
+                           bool zero, BwdWork& w) {
+  const Bf16Kernels& T = *c.K->bf16;
+  Decays dec;
+  dec.init(c, u);
+  float* dq = b.T1;  // [kC][ldk]
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n);
+    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+    dec.chunk(c, u, t, n, b, true);
+    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
+    pack_k_bf16(c, u, t, n, b);
+    token_pairs(c, b.Kb, c.lk32, c.lk32, b.Kv);
+    copy_rows_bf16(c.v, u, u.hkv, t, n, c.dv, c.lv32, kC, b.Vb);
+    if (c.normalize)
+      for (int64_t i = 0; i < n; ++i) b.Vb[i * c.lv32 + c.dv] = kBf16One;
+    c.K->transpose32(b.Vb, c.lv32 / 2, kC, c.lv32 / 2, b.VTv, kC);
+    pack_v_bf16(c, u, t, n, b);
+    if (!zero) transposed_vnni(c, S, b, b.XTv, c.hp ? b.XTvlo : nullptr);  // before S is scaled
+    bool scaled = false;
+    if (c.normalize) {
+      chunk_output_bf16(c, n, b, b.Qb, c.lk32, S, zero);
+      scaled = !zero;
+      pack_dout(c, u, t, n, b.dO);
+      normalize_dout(c, n, b);
+      std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+      f32_rows_bf16(b.dO, c.ldv, n, c.dve, nullptr, 1.f, c.lv32, b.Db);
+    } else {
+      load_doa_bf16(c, u, t, n, b, w);
+    }
+    // Bm = scale D o (dOa V^T); dq = diag(scale ed) dOa S_in^T + Bm K
+    T.tile_gemm(rows, kC, c.lv32, b.Db, c.lv32, b.VTv, 2 * kC, b.Bm, kC, false);
+    for (int64_t i = 0; i < rows; ++i) decay_row(b.Bm + i * kC, b.D + i * kC, c.scale, b.Bmb + i * kC);
+    if (!zero) {  // dOa S^T, its rows then scaled by scale ed in fp32
+      T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTv, 2 * c.lk32, dq, c.ldk, false);
+      if (c.hp) T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTvlo, 2 * c.lk32, dq, c.ldk, true);
+      scale_rows(dq, n, c.ldk, b.ed, c.scale);
+    } else {
+      std::fill(dq, dq + rows * c.ldk, 0.f);
+    }
+    if (w.want_dg)  // q . dq, inter-chunk part
+      for (int64_t i = 0; i < n; ++i) w.rq.get()[w.idx(c, u, t + i)] = dot_bf16(b.Qb + i * c.lk32, dq + i * c.ldk, c.dk);
+    T.tile_gemm(rows, c.ldk, kC, b.Bmb, kC, b.Kv, 2 * c.lk32, dq, c.ldk, true);
+    store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
+    if (ch + 1 < u.chunks()) {
+      state_update_bf16(c, n, b, S, zero, scaled);
+      zero = false;
+    }
+  }
+}
+
+void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* dH,
+                           bool zero, BwdWork& w, int64_t ui, float E) {
+  const Bf16Kernels& T = *c.K->bf16;
+  Decays dec;
+  dec.init(c, u);
+  const bool split = w.want_dg && c.dfin.data;
+  const float* F = split ? w.dfin_pad.get() + ui * c.ldk * c.ldv : nullptr;
+  float* dv = b.Vd;   // [kC][ldv]
+  float* XF = b.O;    // [kC][ldv]
+  float* dk = b.T1;   // [kC][ldk]
+  float* dHt = b.ST;  // [lk32][ldv]
+  float* sed = b.f;   // scale * ed per token
+  if (split) {
+    std::memcpy(dHt, F, sizeof(float) * c.ldk * c.ldv);
+    pad_state_rows(c, dHt);
+    rows_vnni(c, dHt, b.Fv);
+  }
+  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n), nt = r32(n);
+    if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
+    dec.chunk(c, u, t, n, b, true);
+    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
+    c.K->transpose32(b.Qb, c.lk32 / 2, kC, c.lk32 / 2, b.QTv, kC);
+    token_pairs(c, b.Qb, c.lk32, c.lk32, b.Qv);
+    pack_k_bf16(c, u, t, n, b);
+    copy_rows_bf16(c.v, u, u.hkv, t, n, c.dv, c.lv32, kC, b.Vb);
+    if (c.normalize)
+      for (int64_t i = 0; i < n; ++i) b.Vb[i * c.lv32 + c.dv] = kBf16One;
+    c.K->transpose32(b.Vb, c.lv32 / 2, kC, c.lv32 / 2, b.VTv, kC);
+    load_doa_bf16(c, u, t, n, b, w);
+    token_pairs(c, b.Db, c.lv32, c.ldv, b.Dv);
+    // Bm = scale D o (dOa V^T), P = q.k raw (for dg), then scale D o P
+    T.tile_gemm(rows, kC, c.lv32, b.Db, c.lv32, b.VTv, 2 * kC, b.Bm, kC, false);
+    decay_full(c, rows, b.D, b.Bm);
+    T.tile_gemm(rows, kC, c.lk32, b.Qb, c.lk32, b.KTv, 2 * kC, b.P, kC, false);
+    if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
+    decay_full(c, rows, b.D, b.P);
+    transpose_bf16(c, b.P, rows, b, b.PTb);
+    transpose_bf16(c, b.Bm, rows, b, b.BmTb);
+    // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
+    if (!zero) {
+      rows_vnni(c, dH, b.Xv, c.hp ? b.Xvlo : nullptr, b.S);
+      T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Xv, 2 * c.ldv, dv, c.ldv, false);
+      if (c.hp) T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Xvlo, 2 * c.ldv, dv, c.ldv, true);
+    } else {
+      std::fill(dv, dv + rows * c.ldv, 0.f);
+    }
+    if (split) T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Fv, 2 * c.ldv, XF, c.ldv, false);
+    for (int64_t j = 0; j < n; ++j) {
+      float* x = dv + j * c.ldv;
+      const float a = b.ekB[j];
+      if (w.want_dg) {
+        w.rk.get()[w.idx(c, u, t + j)] = a * dot_bf16(b.Vb + j * c.lv32, x, c.dve);
+        if (split) w.rf.get()[w.idx(c, u, t + j)] = a * E * dot_bf16(b.Vb + j * c.lv32, XF + j * c.ldv, c.dv);
+      }
+      if (split)
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
+      else
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
+    }
+    T.tile_gemm(rows, c.ldv, kC, b.PTb, kC, b.Dv, 2 * c.ldv, dv, c.ldv, true);
+    store_rows_any(c, u, t, n, dv, c.ldv, c.dv, c.dv_, u.hkv, w.gqa ? w.pdv.get() : nullptr);
+    // dk_j = ekB_j (dH + E dS_final) v_j + sum_{i>=j} Bm_ij q_i
+    if (!zero || split) {
+      const float* H = dH;
+      if (split) {
+        for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : dH[i]) + E * F[i];
+        H = dHt;
+      }
+      transposed_vnni(c, H, b, b.XTv);
+      scaled_rows_bf16(b.Vb, n, c.dve, b.ekB, 1.f, c.lv32, b.Vdb);
+      T.tile_gemm(rows, c.ldk, c.lv32, b.Vdb, c.lv32, b.XTv, 2 * c.lk32, dk, c.ldk, false);
+    } else {
+      std::fill(dk, dk + rows * c.ldk, 0.f);
+    }
+    T.tile_gemm(rows, c.ldk, kC, b.BmTb, kC, b.Qv, 2 * c.lk32, dk, c.ldk, true);
+    store_rows_any(c, u, t, n, dk, c.ldk, c.dk, c.dk_, u.hkv, w.gqa ? w.pdk.get() : nullptr);
+    // dH = eB dH + (Q diag(scale ed))^T dOa
+    for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
+    decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
+    if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
+    T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
+    if (c.hp) T.tile_gemm(c.ldk, c.ldv, nt, b.QdTlo, kC, b.Dv, 2 * c.ldv, dH, c.ldv, true);
+    zero = false;
+    E *= b.eB;
+  }
+  if (split && sg.s == 0) {
+    if (zero) std::fill(dH, dH + c.ldk * c.ldv, 0.f);
+    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dH[i] += E * F[i];
+    if (c.init.data) {
+      const float* S0 = c.init.at(u.seq, u.hq);
+      double acc = 0;
+      for (int64_t d = 0; d < c.dk; ++d)
+        for (int64_t e = 0; e < c.dv; ++e)
+          acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
+      w.fin0[ui] = acc * E;
+    }
+  }
+}
+
+void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* dH,
+                        const BwdWork& w) {
+  const Bf16Kernels& T = *c.K->bf16;
+  Decays dec;
+  dec.init(c, u);
+  float* sed = b.f;
+  bool zero = true;
+  for (int64_t ch = c1 - 1; ch >= c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t), nt = r32(n);
+    dec.chunk(c, u, t, n, b, false);
+    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
+    c.K->transpose32(b.Qb, c.lk32 / 2, kC, c.lk32 / 2, b.QTv, kC);
+    load_doa_bf16(c, u, t, n, b, w);
+    token_pairs(c, b.Db, c.lv32, c.ldv, b.Dv);
+    for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
+    decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
+    if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
+    T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
+    if (c.hp) T.tile_gemm(c.ldk, c.ldv, nt, b.QdTlo, kC, b.Dv, 2 * c.ldv, dH, c.ldv, true);
+    zero = false;
+  }
+}
+
 #else  // no x86 AMX build: never called (Ctx::amx is false without a bf16 kernel table)
 
 void bf16_forward_chunks(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, bool) {}
 void bf16_local_state(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, float*) {}
+void bf16_backward_forward(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, BwdWork&) {}
+void bf16_backward_reverse(const Ctx&, const Unit&, const Segment&, Bufs&, float*, bool, BwdWork&,
+                           int64_t, float) {}
+void bf16_reverse_local(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, const BwdWork&) {}
 
 #endif
 

@@ -103,7 +103,12 @@ struct Ctx {
   StateOperand dfin, dinit;
   // AMX-bf16 chunk math (bf16 inputs on AMX CPUs): Dk padded to the tile depth.
   bool amx = false;
-  int64_t lk32 = 0;
+  int64_t lk32 = 0, lv32 = 0;  // Dk, and Dv (+1), padded to the tile depth
+  // AMX backward with a per-head dg: the decayed key/query operands and the
+  // state / adjoint operands of the inter-chunk products are split into two bf16
+  // terms (hi + lo, ~16 mantissa bits), so that q.dq and k.dk stay consistent to
+  // ~1e-5 -- the per-head dg sums them with weights up to the sequence length.
+  bool hp = false;
   int64_t ldmax() const { return std::max(ldk, ldv); }
   int64_t state_floats() const { return rup(dk, 32) * rup(dve, 32); }  // room for 32-row padding
 };
@@ -129,6 +134,7 @@ inline Ctx make_ctx(const LinearProblem& p) {
   c.init = p.initial_state;
   c.fin = p.final_state;
   c.lk32 = rup(c.dk, 32);
+  c.lv32 = rup(c.dve, 32);
   c.amx = p.dtype == DType::BFloat16 && c.K->bf16 != nullptr;
   return c;
 }
@@ -212,13 +218,36 @@ struct Bufs {
   uint16_t *Ab;   // [kC][lk32 + kC]   [q * scale * ed | P o D * scale]
   uint16_t *SVv;  // [(lk32 + kC)/2][2 ldv]  [S_in ; V], VNNI
   uint16_t *KdTb; // [lk32][kC]        (K diag(ekB))^T
+  // backward (AMX path)
+  uint16_t *Kv;    // [kC/2][2 lk32]   K, VNNI by token pairs
+  uint16_t *Qv;    // [kC/2][2 lk32]   Q, VNNI by token pairs
+  uint16_t *QTv;   // [lk32/2][2 kC]   Q^T, VNNI
+  uint16_t *QdT;   // [lk32][kC]       (Q diag(scale ed))^T
+  uint16_t *Vb;    // [kC][lv32]       v rows
+  uint16_t *Vdb;   // [kC][lv32]       v rows * ekB
+  uint16_t *VTv;   // [lv32/2][2 kC]   V^T, VNNI
+  uint16_t *Db;    // [kC][lv32]       dOa rows
+  uint16_t *Ddb;   // [kC][lv32]       dOa rows * scale ed
+  uint16_t *Dv;    // [kC/2][2 ldv]    dOa, VNNI by token pairs
+  uint16_t *Bmb;   // [kC][kC]         Bm rows
+  uint16_t *BmTb;  // [kC][kC]         Bm^T rows
+  uint16_t *PTb;   // [kC][kC]         P^T rows
+  uint16_t *XTv;   // [lv32/2][2 lk32] S^T or (dH + E dS_final)^T, VNNI
+  uint16_t *Xv;    // [lk32/2][2 ldv]  dH, VNNI by pairs of rows
+  uint16_t *Fv;    // [lk32/2][2 ldv]  dS_final, VNNI by pairs of rows (split dg)
+  uint16_t *Xb;    // [lk32][lv32]     bf16 rows of a state (for its transposed operand)
+  // low halves of split operands (Ctx::hp)
+  uint16_t *KdTlo, *QdTlo, *XTvlo, *Xvlo;
   // cache key of the D matrix for gates that do not vary by token
   int64_t D_n = -1;
   float D_g = 0.f;
   GateKind D_kind = GateKind::PerToken;
 
   static int64_t halves(const Ctx& c) {  // bf16 elements
-    return 3 * kC * c.lk32 + kC * (c.lk32 + kC) + (c.lk32 + kC) * c.ldv + c.lk32 * kC + 6 * 32;
+    return 3 * kC * c.lk32 + kC * (c.lk32 + kC) + (c.lk32 + kC) * c.ldv + c.lk32 * kC +
+           4 * kC * c.lk32 + 5 * kC * c.lv32 + kC * c.ldv + 3 * kC * kC + c.lv32 * c.lk32 +
+           2 * c.lk32 * c.ldv + c.lk32 * c.lv32 + 2 * c.lk32 * kC + c.lv32 * c.lk32 +
+           c.lk32 * c.ldv + 30 * 32;
   }
   static int64_t floats(const Ctx& c) {
     const int64_t m = c.ldmax();
@@ -259,6 +288,27 @@ struct Bufs {
     Ab = take16(kC * (c.lk32 + kC));
     SVv = take16((c.lk32 + kC) * c.ldv);
     KdTb = take16(c.lk32 * kC);
+    Kv = take16(kC * c.lk32);
+    Qv = take16(kC * c.lk32);
+    QTv = take16(kC * c.lk32);
+    QdT = take16(c.lk32 * kC);
+    Vb = take16(kC * c.lv32);
+    Vdb = take16(kC * c.lv32);
+    VTv = take16(kC * c.lv32);
+    Db = take16(kC * c.lv32);
+    Ddb = take16(kC * c.lv32);
+    Dv = take16(kC * c.ldv);
+    Bmb = take16(kC * kC);
+    BmTb = take16(kC * kC);
+    PTb = take16(kC * kC);
+    XTv = take16(c.lv32 * c.lk32);
+    Xv = take16(c.lk32 * c.ldv);
+    Fv = take16(c.lk32 * c.ldv);
+    Xb = take16(c.lk32 * c.lv32);
+    KdTlo = take16(c.lk32 * kC);
+    QdTlo = take16(c.lk32 * kC);
+    XTvlo = take16(c.lv32 * c.lk32);
+    Xvlo = take16(c.lk32 * c.ldv);
   }
 };
 
@@ -512,6 +562,115 @@ inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
   }
 }
 
+// ---------------------------------------------------------------- backward shared
+struct BwdWork {
+  // dg wanted, per token ([Hq][total]): the inter-chunk parts of q.dq and k.dk,
+  // and the intra-chunk part of dg itself (pairs of the chunk crossing the token)
+  FloatBuffer rq, rk, ri;
+  // ... and, with dS_final, the final state's part of k.dk: f_j = decay(j -> T) k_j dS_final v_j^T
+  FloatBuffer rf;
+  FloatBuffer dfin_pad;     // dS_final per unit, [ldk][ldv] (dg with dS_final)
+  FloatBuffer doa;          // normalize: dO adjusted for the normaliser, [Hq][total][ldv]
+  FloatBuffer pdk, pdv;     // GQA: per query head dk/dv partials [Hq][total][ld]
+  std::vector<double> fin0;  // per unit: <dS_final, decay(0 -> T) S_0>
+  bool want_dg = false, gqa = false;
+  int64_t idx(const Ctx& c, const Unit& u, int64_t t) const { return u.hq * c.total + u.off + t; }
+};
+
+// Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
+// into dst, or into the GQA partial buffer.
+inline void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
+             const Rows& dst, float* partial, int64_t ldp, float* row) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = partial ? partial + (u.hq * c.total + u.off + t + i) * ldp : row;
+    for (int64_t d = 0; d < dim; ++d) r[d] = XT[d * kC + i];
+    if (!partial) store_row(r, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
+  }
+}
+
+// dOa for normalize: o = num/den -> d num = dO/den, d den = -(dO . o)/den (0 where den == 0).
+// Needs O (raw, with den in column dv); writes b.dO in place.
+inline void normalize_dout(const Ctx& c, int64_t n, Bufs& b) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* d = b.dO + i * c.ldv;
+    const float* o = b.O + i * c.ldv;
+    const float den = o[c.dv];
+    if (den == 0.f) {
+      std::fill(d, d + c.ldv, 0.f);
+      continue;
+    }
+    const float inv = 1.f / den;
+    float dot = 0.f;
+    for (int64_t e = 0; e < c.dv; ++e) {
+      dot += d[e] * o[e] * inv;
+      d[e] *= inv;
+    }
+    d[c.dv] = -dot * inv;
+  }
+}
+
+// The chunk's dOa rows into b.dO (normalize: from the workspace written by the forward sweep).
+inline void load_doa(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, const BwdWork& w) {
+  if (c.normalize) {
+    const float* src = w.doa.get() + w.idx(c, u, t) * c.ldv;
+    std::memcpy(b.dO, src, sizeof(float) * n * c.ldv);
+    std::fill(b.dO + n * c.ldv, b.dO + kC * c.ldv, 0.f);
+  } else {
+    pack_dout(c, u, t, n, b.dO);
+  }
+}
+
+// P (raw q.k, lower block triangle) *= scale * D.
+inline void decay_lower(const Ctx& c, int64_t n, const float* D, float* P) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* p = P + i * kC;
+    const float* d = D + i * kC;
+    const int64_t cols = (i / kBlk + 1) * kBlk;
+    for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
+  }
+}
+
+// The intra-chunk part of dg: with w_ij = (q_i.k_j) * Bm_ij (Bm = scale D_ij dOa_i.v_j,
+// the loss's pair terms), out[s] = sum of w_ij over the chunk's pairs j < s <= i --
+// exactly the pairs whose decay includes g_s. Computed from local sums (weights
+// within one chunk), so it does not inherit the cancellation of the long
+// q.dq - k.dk sums. P holds raw scores.
+inline void intra_dg(const Ctx& c, int64_t n, const Bufs& b, float* out) {
+  (void)c;
+  double row[kC], col[kC];
+  std::fill(row, row + n, 0.0);
+  std::fill(col, col + n, 0.0);
+  for (int64_t i = 1; i < n; ++i) {
+    const float* p = b.P + i * kC;
+    const float* m = b.Bm + i * kC;
+    double rs = 0;
+    for (int64_t j = 0; j < i; ++j) {
+      const double wij = static_cast<double>(p[j]) * m[j];
+      rs += wij;
+      col[j] += wij;
+    }
+    row[i] = rs;
+  }
+  // M_0 = 0, M_{s+1} = M_s - (pairs of row s) + (pairs of column s)
+  double M = 0;
+  for (int64_t s = 0; s < n; ++s) {
+    M += (s > 0 ? col[s - 1] - row[s - 1] : 0.0);
+    out[s] = static_cast<float>(M);
+  }
+}
+
+// Stores rows i < n of X [kC][ld] (first `dim` columns) into dst, or into the
+// GQA partial buffer.
+inline void store_R(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
+             int64_t dim, const Rows& dst, float* partial) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (partial)
+      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
+    else
+      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
+  }
+}
+
 // Zero rows [ldk, lk32) of a state buffer: the bf16 path reads S as a K-depth
 // of lk32 (the tile depth) rows.
 inline void pad_state_rows(const Ctx& c, float* S) {
@@ -527,5 +686,13 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
 // S = the state after chunks [c0, c1) from 0 (no outputs); *decay = their total decay.
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
                       float* decay);
+// Backward, as backward_forward_segment / backward_reverse_segment / reverse_local
+// in linear.cpp (same arguments; S, dH [lk32][ldv] with zero rows past dk).
+void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
+                           bool zero, BwdWork& w);
+void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* dH,
+                           bool zero, BwdWork& w, int64_t ui, float E);
+void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* dH,
+                        const BwdWork& w);
 
 }  // namespace attnkit::cpu::lin
