@@ -148,6 +148,16 @@ void pack_k_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b) {
   c.K->transpose32(b.Kb, c.lk32 / 2, kC, c.lk32 / 2, b.KTv, kC);
 }
 
+// K^T in VNNI only (the forward never needs K rows): straight from the input
+// rows when they need no padding and hold whole 32-bit pairs.
+void pack_kt_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b) {
+  const void* k0 = c.k.row(u.b, u.t0 + t, u.hkv);
+  if (n == kC && c.dk == c.lk32 && c.k.ts % 2 == 0 && (reinterpret_cast<uintptr_t>(k0) & 3) == 0)
+    c.K->transpose32(k0, c.k.ts / 2, kC, c.lk32 / 2, b.KTv, kC);
+  else
+    pack_k_bf16(c, u, t, n, b);
+}
+
 // V in VNNI (pairs of tokens interleaved; the normaliser's column of ones;
 // zero past n) straight from the input rows, into the V half of SVv.
 void pack_v_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b) {
@@ -369,7 +379,7 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
     } else {
       copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, rows, b.Qb);
     }
-    pack_k_bf16(c, u, t, n, b);
+    pack_kt_bf16(c, u, t, n, b);
     pack_v_bf16(c, u, t, n, b);
     chunk_output_bf16(c, n, b, Qa, ldq, S, zero);
     store_out_bf16(c, u, t, n, b.O, b.row);
@@ -389,7 +399,7 @@ void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs&
   for (int64_t ch = c0; ch < c1; ++ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
     dec.chunk(c, u, t, n, b, false);
-    pack_k_bf16(c, u, t, n, b);
+    pack_kt_bf16(c, u, t, n, b);
     pack_v_bf16(c, u, t, n, b);
     state_update_bf16(c, n, b, S, zero, false);
     zero = false;
