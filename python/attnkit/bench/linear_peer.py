@@ -37,11 +37,11 @@ def chunk_linear_attention(
     N = (S + C - 1) // C
     pad = N * C - S
 
-    def prep(x):  # [B, S, H, D] -> [B, H, N, C, D] fp32 (one converting copy)
-        x = x.float()
+    def prep(x):  # [B, S, H, D] -> contiguous fp32 [B, H, N, C, D], in one converting copy
         if pad:
             x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.transpose(1, 2).reshape(B, H, N, C, x.shape[-1])
+        x = x.transpose(1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return x.view(B, H, N, C, x.shape[-1])
 
     qc, kc, vc = prep(q), prep(k), prep(v)
     dev = q.device
@@ -80,12 +80,14 @@ def chunk_linear_attention(
         x is not None and x.requires_grad for x in (q, k, v, g, initial_state)))
     if in_place:
         state = state.clone()
-    for n in range(N):
-        inter.append(qdec[:, :, n] @ state)
+    # unbind, not indexing in the loop: under autograd, each x[:, :, n] would
+    # zero-fill a full-size gradient in the backward (one per step).
+    for qd, dec, kvn in zip(qdec.unbind(2), decay.unbind(2), kv.unbind(2)):
+        inter.append(qd @ state)
         if in_place:
-            state.mul_(decay[:, :, n]).add_(kv[:, :, n])
+            state.mul_(dec).add_(kvn)
         else:
-            state = state * decay[:, :, n] + kv[:, :, n]
+            state = state * dec + kvn
     o = o + torch.stack(inter, dim=2)
     o = o.reshape(B, H, N * C, Dv)[:, :, :S].transpose(1, 2)
     return o.to(q.dtype), state
