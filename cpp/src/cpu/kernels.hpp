@@ -35,6 +35,13 @@ struct Bf16Kernels {
   // lda, ldb, ldc in elements. Between begin() and end() only.
   void (*tile_gemm)(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
                     const uint16_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
+  // The same with A stored in 32-wide k slices a_ks elements apart: element
+  // (m, k) at A[(k/32)*a_ks + m*lda + k%32]. A k-blocked A (lda = 32) makes every
+  // tile load one contiguous KiB, where a long row-major A (lda of thousands)
+  // would put a tile's 16 rows in one L1 set.
+  void (*tile_gemm_ks)(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+                       int64_t a_ks, const uint16_t* B, int64_t ldb, float* C, int64_t ldc,
+                       bool accumulate);
   // Forward online-softmax step like KernelTable::softmax_step, on raw scores:
   // the log2-domain score is S * c. nk is even. m is a reference max that may
   // trail the true running max by up to 8 (probabilities <= 256); it moves, and
@@ -60,8 +67,9 @@ struct KernelTable {
                const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
   // Forward online-softmax step on a score tile S^T[nk][kQ] (log2 domain, masked
-  // entries -inf). Updates running max m[kQ] and sum l[kQ], overwrites S with P^T,
-  // writes the rescale factors alpha[kQ]; returns true if any alpha != 1.
+  // entries -inf). Updates the running (reference) max m[kQ] -- it may trail the
+  // true max by up to 8 -- and sum l[kQ], overwrites S with P^T, writes the
+  // rescale factors alpha[kQ]; returns true if any alpha != 1.
   bool (*softmax_step)(float* S, int64_t nk, float* m, float* l, float* alpha);
 
   // Backward element-wise step: P = exp2(S - lse2) into S, and

@@ -51,9 +51,10 @@ void tiles_begin() {
 void tiles_end() { _tile_release(); }
 
 // One MB x NB block of 16x16 C tiles (MB, NB in {1, 2}) over the whole K.
+// A's 32-wide k slices start a_ks elements apart (32 for a row-major A).
 template <int MB, int NB>
-inline void tile_block(int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
-                       float* C, int64_t ldc, bool accumulate) {
+inline void tile_block(int64_t K, const uint16_t* A, int64_t lda, int64_t a_ks, const uint16_t* B,
+                       int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   const int64_t sa = lda * 2, sb = ldb * 2, sc = ldc * 4;  // byte strides
   if (accumulate) {
     _tile_loadd(0, C, sc);
@@ -67,7 +68,7 @@ inline void tile_block(int64_t K, const uint16_t* A, int64_t lda, const uint16_t
     if constexpr (MB == 2 && NB == 2) _tile_zero(3);
   }
   for (int64_t k0 = 0; k0 < K; k0 += 32) {
-    const uint16_t* a = A + k0;
+    const uint16_t* a = A + (k0 / 32) * a_ks;
     const uint16_t* b = B + (k0 / 2) * ldb;
     _tile_loadd(4, a, sa);
     _tile_loadd(6, b, sb);
@@ -84,8 +85,8 @@ inline void tile_block(int64_t K, const uint16_t* A, int64_t lda, const uint16_t
   if constexpr (MB == 2 && NB == 2) _tile_stored(3, C + 16 * ldc + 16, sc);
 }
 
-void tile_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
-               int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+void tile_gemm_ks(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, int64_t a_ks,
+                  const uint16_t* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     const bool m2 = M - m0 >= 32;
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
@@ -93,12 +94,17 @@ void tile_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, 
       const uint16_t* a = A + m0 * lda;
       const uint16_t* b = B + 2 * n0;
       float* c = C + m0 * ldc + n0;
-      if (m2 && n2) tile_block<2, 2>(K, a, lda, b, ldb, c, ldc, accumulate);
-      else if (m2) tile_block<2, 1>(K, a, lda, b, ldb, c, ldc, accumulate);
-      else if (n2) tile_block<1, 2>(K, a, lda, b, ldb, c, ldc, accumulate);
-      else tile_block<1, 1>(K, a, lda, b, ldb, c, ldc, accumulate);
+      if (m2 && n2) tile_block<2, 2>(K, a, lda, a_ks, b, ldb, c, ldc, accumulate);
+      else if (m2) tile_block<2, 1>(K, a, lda, a_ks, b, ldb, c, ldc, accumulate);
+      else if (n2) tile_block<1, 2>(K, a, lda, a_ks, b, ldb, c, ldc, accumulate);
+      else tile_block<1, 1>(K, a, lda, a_ks, b, ldb, c, ldc, accumulate);
     }
   }
+}
+
+void tile_gemm(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
+               int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  tile_gemm_ks(M, N, K, A, lda, 32, B, ldb, C, ldc, accumulate);
 }
 
 // 2^x for the bf16 path, where probabilities are rounded to 8 bits anyway:
@@ -240,7 +246,8 @@ void softmax_grad_bf16(const float* S, const float* dP, int64_t nk, float c, con
   }
 }
 
-const Bf16Kernels kBf16{tiles_begin, tiles_end, tile_gemm, softmax_step_vnni, softmax_grad_bf16};
+const Bf16Kernels kBf16{tiles_begin,       tiles_end,        tile_gemm, tile_gemm_ks,
+                        softmax_step_vnni, softmax_grad_bf16};
 
 }  // namespace
 }  // namespace attnkit::cpu::isa_amx

@@ -51,24 +51,31 @@ class AmxMath {
     d16_ = round_up(a.dqk, kLanes);
     dv16_ = round_up(a.dv, kLanes);
     const int64_t R = rows.total();
-    auto zeroed = [](FloatBuffer& b, int64_t halves) { b.reset((halves + 1) / 2 + kLanes, true); };
-    zeroed(kb_, R * ldk32_);
-    zeroed(vb_, R * ldv32_);
+    const auto alloc = [](FloatBuffer& b, int64_t halves) { b.reset((halves + 1) / 2 + kLanes); };
+    alloc(kb_, R * ldk32_);
+    if (backward) alloc(vb_, R * ldv32_);
+    // Every packed element is written exactly once (rows, their zero tails and
+    // the zero padding rows), so no buffer is cleared first.
     const int64_t dmax = std::max(a.dqk, a.dv);
     FloatBuffer tmp(threads * (dmax + kLanes));
     for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
       float* t = tmp.get() + (dmax + kLanes) * thread_index();
       const int64_t g = rows.base[kp] + r;
-      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, detail::u16(kb_) + g * ldk32_, t);
-      detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, detail::u16(vb_) + g * ldv32_, t);
+      fetch_row(a.k, kv, tok, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_, t);
+      if (backward) fetch_row(a.v, kv, tok, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_, t);
     });
-    // The forward reads V^T, the backward K^T (each [dims][rows] per kv problem).
+    for (int64_t kp = 0; kp < rows.count(); ++kp)
+      for (int64_t g = rows.base[kp] + s.kv_problem(kp).nk; g < rows.base[kp + 1]; ++g) {
+        std::fill(detail::u16(kb_) + g * ldk32_, detail::u16(kb_) + (g + 1) * ldk32_, uint16_t(0));
+        if (backward) std::fill(detail::u16(vb_) + g * ldv32_, detail::u16(vb_) + (g + 1) * ldv32_, uint16_t(0));
+      }
+    // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys).
     if (backward) {
-      zeroed(kt_, R * d16_);
-      transpose_keys(detail::u16(kb_), ldk32_, d16_, detail::u16(kt_), threads);
+      alloc(kt_, R * d16_);
+      transpose_keys(s, a.k, a.dqk, d16_, detail::u16(kt_), threads);
     } else {
-      zeroed(vt_, R * dv16_);
-      transpose_keys(detail::u16(vb_), ldv32_, dv16_, detail::u16(vt_), threads);
+      alloc(vt_, R * dv16_);
+      transpose_keys(s, a.v, a.dv, dv16_, detail::u16(vt_), threads);
     }
     prescale_ = a.softcap > 0 || !(a.scale > 0);
     c_ = a.softcap > 0 ? 1.f : prescale_ ? kLog2e : a.scale * kLog2e;
@@ -108,9 +115,8 @@ class AmxMath {
   }
 
   void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
-    const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* vt = detail::u16c(vt_) + rows.base[kvp] * dv16_ + c0;
-    B_.tile_gemm(dv16_, kQ, nk, vt, nr, fwd_pv(ws), 2 * kQ, OT, kQ, true);
+    const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
+    B_.tile_gemm_ks(dv16_, kQ, nk, vt, 32, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ, true);
   }
 
   // ---------------------------------------------------------------- backward
@@ -145,9 +151,8 @@ class AmxMath {
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
-    const int64_t nr = rows.base[kvp + 1] - rows.base[kvp];
-    const uint16_t* kt = detail::u16c(kt_) + rows.base[kvp] * d16_ + c0;
-    B_.tile_gemm(d16_, kQ, nk, kt, nr, b.dSv, 2 * kQ, b.dQT, kQ, true);
+    const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
+    B_.tile_gemm_ks(d16_, kQ, nk, kt, 32, 32 * d16_, b.dSv, 2 * kQ, b.dQT, kQ, true);
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
@@ -188,21 +193,44 @@ class AmxMath {
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
 
-  // out[d][r] (per kv problem, [dims][nr]) = rows[r][d]: key pairs are
-  // interleaved into 32-bit units, which are then transposed.
-  void transpose_keys(const uint16_t* src, int64_t ld, int64_t dims, uint16_t* out, int threads) const {
+  // One key row as bf16, `width` wide (zero past dim).
+  static void fetch_row(const TokenLayout& L, const KvProblemRef& kv, int64_t tok, int64_t dim,
+                        int64_t width, uint16_t* dst, float* tmp) {
+    detail::row_to_bf16(L.row(kv.b, tok, kv.hkv), L.dtype, dim, dst, tmp);
+    std::fill(dst + dim, dst + width, uint16_t(0));
+  }
+
+  // The operand's key rows transposed in 32-key blocks: element (d, r) at
+  // out[(r/32)*32*dims + d*32 + r%32] (the tile_gemm_ks layout), straight from
+  // the input rows. Key pairs are interleaved into 32-bit units, which are then
+  // transposed block by block; padding keys and dims are zero.
+  template <class Sched>
+  void transpose_keys(const Sched& s, const TokenLayout& L, int64_t dim, int64_t dims, uint16_t* out,
+                      int threads) const {
     constexpr int64_t kChunk = 256;
     std::vector<std::pair<int64_t, int64_t>> items;
     for (int64_t kp = 0; kp < rows.count(); ++kp)
       for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kChunk) items.push_back({kp, r});
-    FloatBuffer tmp(threads * kChunk * dims / 2 + kLanes);
+    const int64_t per = kChunk * dims / 2 + dims + dim + kLanes;  // pairs, two rows, fp32 row
+    FloatBuffer tmp(threads * per);
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
       const int64_t kp = items[it].first, r0 = items[it].second;
+      const KvProblemRef kv = s.kv_problem(kp);
       const int64_t nr = rows.base[kp + 1] - rows.base[kp], nc = std::min(kChunk, nr - r0);
-      uint16_t* pairs = reinterpret_cast<uint16_t*>(tmp.get() + thread_index() * kChunk * dims / 2);
-      const uint16_t* r = src + (rows.base[kp] + r0) * ld;
-      for (int64_t p = 0; p < nc / 2; ++p) K_.interleave16(r + 2 * p * ld, r + (2 * p + 1) * ld, dims, pairs + 2 * p * dims);
-      K_.transpose32(pairs, dims, nc / 2, dims, out + rows.base[kp] * dims + r0, nr / 2);
+      float* base = tmp.get() + thread_index() * per;
+      uint16_t* pairs = reinterpret_cast<uint16_t*>(base);
+      uint16_t* two = pairs + kChunk * dims;  // rows 2p and 2p+1
+      float* f32 = base + kChunk * dims / 2 + dims;
+      for (int64_t p = 0; p < nc / 2; ++p) {
+        for (int e = 0; e < 2; ++e) {
+          const int64_t r = r0 + 2 * p + e;
+          if (r < kv.nk) fetch_row(L, kv, s.kv_token(kv, r), dim, dims, two + e * dims, f32);
+          else std::fill(two + e * dims, two + (e + 1) * dims, uint16_t(0));
+        }
+        K_.interleave16(two, two + dims, dims, pairs + 2 * p * dims);
+      }
+      for (int64_t b = 0; b < nc; b += 32)
+        K_.transpose32(pairs + b * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
     });
   }
 
