@@ -192,6 +192,21 @@ void state_update_bf16(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in,
 
 // ---- backward helpers
 
+// bf16 rows [kC][ld] of a chunk of an operand: the input rows themselves when a
+// full chunk needs no padding (dim == ld, 32-bit aligned pairs), else a padded
+// copy in `buf`. Returns the row pointer; *ldo receives the row stride.
+const uint16_t* chunk_rows(const Rows& src, const Unit& u, int64_t hd, int64_t t, int64_t n,
+                           int64_t dim, int64_t ld, uint16_t* buf, int64_t* ldo) {
+  const void* r0 = src.row(u.b, u.t0 + t, hd);
+  if (n == kC && dim == ld && src.ts % 2 == 0 && (reinterpret_cast<uintptr_t>(r0) & 3) == 0) {
+    *ldo = src.ts;
+    return static_cast<const uint16_t*>(r0);
+  }
+  copy_rows_bf16(src, u, hd, t, n, dim, ld, kC, buf);
+  *ldo = ld;
+  return buf;
+}
+
 // r[i] = x[i] - float(bf16(x[i])): the part a bf16 copy of x loses (n % 16 == 0).
 AK_TGT void split_rows(const float* x, int64_t n, float* r) {
   for (int64_t i = 0; i < n; i += 16) {
@@ -270,13 +285,6 @@ void f32_rows_bf16(const float* src, int64_t lds, int64_t n, int64_t dim, const 
   std::fill(dst + n * ldd, dst + kC * ldd, uint16_t(0));
 }
 
-// bf16 rows [kC][ld] -> bf16 rows scaled per row (zero-padded, rows past n zero).
-void scaled_rows_bf16(const uint16_t* src, int64_t n, int64_t dim, const float* mul, float s,
-                      int64_t ld, uint16_t* dst) {
-  for (int64_t i = 0; i < n; ++i) bf16_scaled(src + i * ld, mul[i] * s, dim, ld, dst + i * ld);
-  std::fill(dst + n * ld, dst + kC * ld, uint16_t(0));
-}
-
 // P fp32 [kC][kC] (rows past `rows` zeroed first) -> P^T as bf16 rows.
 void transpose_bf16(const Ctx& c, float* P, int64_t rows, Bufs& b, uint16_t* out) {
   std::fill(P + rows * kC, P + kC * kC, 0.f);
@@ -303,6 +311,15 @@ void load_doa_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, c
   } else {
     std::fill(b.Db, b.Db + kC * c.lv32, uint16_t(0));
   }
+}
+
+// v rows as bf16 [kC][lv32] (with the normaliser's column of ones: always a copy then).
+const uint16_t* v_rows(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b, int64_t* ldo) {
+  if (!c.normalize) return chunk_rows(c.v, u, u.hkv, t, n, c.dv, c.lv32, b.Vb, ldo);
+  copy_rows_bf16(c.v, u, u.hkv, t, n, c.dv, c.lv32, kC, b.Vb);
+  for (int64_t i = 0; i < n; ++i) b.Vb[i * c.lv32 + c.dv] = kBf16One;
+  *ldo = c.lv32;
+  return b.Vb;
 }
 
 void store_rows_any(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
@@ -418,18 +435,18 @@ void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
     const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n);
     if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
     dec.chunk(c, u, t, n, b, true);
-    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
-    pack_k_bf16(c, u, t, n, b);
-    token_pairs(c, b.Kb, c.lk32, c.lk32, b.Kv);
-    copy_rows_bf16(c.v, u, u.hkv, t, n, c.dv, c.lv32, kC, b.Vb);
-    if (c.normalize)
-      for (int64_t i = 0; i < n; ++i) b.Vb[i * c.lv32 + c.dv] = kBf16One;
-    c.K->transpose32(b.Vb, c.lv32 / 2, kC, c.lv32 / 2, b.VTv, kC);
+    int64_t ldq, ldk, ldv;
+    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+    const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
+    c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
+    token_pairs(c, Kr, ldk, c.lk32, b.Kv);
+    const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
+    c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
     pack_v_bf16(c, u, t, n, b);
     if (!zero) transposed_vnni(c, S, b, b.XTv, c.hp ? b.XTvlo : nullptr);  // before S is scaled
     bool scaled = false;
     if (c.normalize) {
-      chunk_output_bf16(c, n, b, b.Qb, c.lk32, S, zero);
+      chunk_output_bf16(c, n, b, Qr, ldq, S, zero);
       scaled = !zero;
       pack_dout(c, u, t, n, b.dO);
       normalize_dout(c, n, b);
@@ -449,7 +466,7 @@ void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
       std::fill(dq, dq + rows * c.ldk, 0.f);
     }
     if (w.want_dg)  // q . dq, inter-chunk part
-      for (int64_t i = 0; i < n; ++i) w.rq.get()[w.idx(c, u, t + i)] = dot_bf16(b.Qb + i * c.lk32, dq + i * c.ldk, c.dk);
+      for (int64_t i = 0; i < n; ++i) w.rq.get()[w.idx(c, u, t + i)] = dot_bf16(Qr + i * ldq, dq + i * c.ldk, c.dk);
     T.tile_gemm(rows, c.ldk, kC, b.Bmb, kC, b.Kv, 2 * c.lk32, dq, c.ldk, true);
     store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
     if (ch + 1 < u.chunks()) {
@@ -480,20 +497,25 @@ void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs&
     const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n), nt = r32(n);
     if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
     dec.chunk(c, u, t, n, b, true);
-    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
-    c.K->transpose32(b.Qb, c.lk32 / 2, kC, c.lk32 / 2, b.QTv, kC);
-    token_pairs(c, b.Qb, c.lk32, c.lk32, b.Qv);
-    pack_k_bf16(c, u, t, n, b);
-    copy_rows_bf16(c.v, u, u.hkv, t, n, c.dv, c.lv32, kC, b.Vb);
-    if (c.normalize)
-      for (int64_t i = 0; i < n; ++i) b.Vb[i * c.lv32 + c.dv] = kBf16One;
-    c.K->transpose32(b.Vb, c.lv32 / 2, kC, c.lv32 / 2, b.VTv, kC);
-    load_doa_bf16(c, u, t, n, b, w);
-    token_pairs(c, b.Db, c.lv32, c.ldv, b.Dv);
+    int64_t ldq, ldk, ldv, ldo;
+    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+    c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
+    token_pairs(c, Qr, ldq, c.lk32, b.Qv);
+    const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
+    c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
+    const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
+    c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
+    const uint16_t* Dr = b.Db;
+    ldo = c.lv32;
+    if (!c.normalize && c.has_dout)
+      Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
+    else
+      load_doa_bf16(c, u, t, n, b, w);
+    token_pairs(c, Dr, ldo, c.ldv, b.Dv);
     // Bm = scale D o (dOa V^T), P = q.k raw (for dg), then scale D o P
-    T.tile_gemm(rows, kC, c.lv32, b.Db, c.lv32, b.VTv, 2 * kC, b.Bm, kC, false);
+    T.tile_gemm(rows, kC, c.lv32, Dr, ldo, b.VTv, 2 * kC, b.Bm, kC, false);
     decay_full(c, rows, b.D, b.Bm);
-    T.tile_gemm(rows, kC, c.lk32, b.Qb, c.lk32, b.KTv, 2 * kC, b.P, kC, false);
+    T.tile_gemm(rows, kC, c.lk32, Qr, ldq, b.KTv, 2 * kC, b.P, kC, false);
     if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
     decay_full(c, rows, b.D, b.P);
     transpose_bf16(c, b.P, rows, b, b.PTb);
@@ -501,18 +523,18 @@ void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs&
     // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
     if (!zero) {
       rows_vnni(c, dH, b.Xv, c.hp ? b.Xvlo : nullptr, b.S);
-      T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Xv, 2 * c.ldv, dv, c.ldv, false);
-      if (c.hp) T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Xvlo, 2 * c.ldv, dv, c.ldv, true);
+      T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xv, 2 * c.ldv, dv, c.ldv, false);
+      if (c.hp) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xvlo, 2 * c.ldv, dv, c.ldv, true);
     } else {
       std::fill(dv, dv + rows * c.ldv, 0.f);
     }
-    if (split) T.tile_gemm(rows, c.ldv, c.lk32, b.Kb, c.lk32, b.Fv, 2 * c.ldv, XF, c.ldv, false);
+    if (split) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Fv, 2 * c.ldv, XF, c.ldv, false);
     for (int64_t j = 0; j < n; ++j) {
       float* x = dv + j * c.ldv;
       const float a = b.ekB[j];
       if (w.want_dg) {
-        w.rk.get()[w.idx(c, u, t + j)] = a * dot_bf16(b.Vb + j * c.lv32, x, c.dve);
-        if (split) w.rf.get()[w.idx(c, u, t + j)] = a * E * dot_bf16(b.Vb + j * c.lv32, XF + j * c.ldv, c.dv);
+        w.rk.get()[w.idx(c, u, t + j)] = a * dot_bf16(Vr + j * ldv, x, c.dve);
+        if (split) w.rf.get()[w.idx(c, u, t + j)] = a * E * dot_bf16(Vr + j * ldv, XF + j * c.ldv, c.dv);
       }
       if (split)
         for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
@@ -529,7 +551,8 @@ void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs&
         H = dHt;
       }
       transposed_vnni(c, H, b, b.XTv);
-      scaled_rows_bf16(b.Vb, n, c.dve, b.ekB, 1.f, c.lv32, b.Vdb);
+      for (int64_t j = 0; j < n; ++j) bf16_scaled(Vr + j * ldv, b.ekB[j], c.dve, c.lv32, b.Vdb + j * c.lv32);
+      std::fill(b.Vdb + n * c.lv32, b.Vdb + kC * c.lv32, uint16_t(0));
       T.tile_gemm(rows, c.ldk, c.lv32, b.Vdb, c.lv32, b.XTv, 2 * c.lk32, dk, c.ldk, false);
     } else {
       std::fill(dk, dk + rows * c.ldk, 0.f);
@@ -569,10 +592,15 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
   for (int64_t ch = c1 - 1; ch >= c0; --ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t), nt = r32(n);
     dec.chunk(c, u, t, n, b, false);
-    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, kC, b.Qb);
-    c.K->transpose32(b.Qb, c.lk32 / 2, kC, c.lk32 / 2, b.QTv, kC);
-    load_doa_bf16(c, u, t, n, b, w);
-    token_pairs(c, b.Db, c.lv32, c.ldv, b.Dv);
+    int64_t ldq, ldo = c.lv32;
+    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+    c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
+    const uint16_t* Dr = b.Db;
+    if (!c.normalize && c.has_dout)
+      Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
+    else
+      load_doa_bf16(c, u, t, n, b, w);
+    token_pairs(c, Dr, ldo, c.ldv, b.Dv);
     for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
     decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
     if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
