@@ -31,6 +31,7 @@ namespace attnkit::cpu::lin {
 namespace {
 
 constexpr uint16_t kBf16One = 0x3F80;
+constexpr float kLazyMin = 0x1p-40f, kLazyMax = 0x1p40f;  // lazy state scale range
 
 inline int64_t r16(int64_t x) { return rup(x, 16); }
 inline int64_t r32(int64_t x) { return rup(x, 32); }
@@ -181,10 +182,11 @@ void pack_v_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& b) {
 }
 
 // S = eB S (already applied when `scaled`) + (K diag(ekB))^T V.
-void state_update_bf16(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in, bool scaled) {
+void state_update_bf16(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in, bool scaled,
+                       const float* mul = nullptr) {
   const int64_t nt = r32(n);
   const uint16_t* Vv = b.SVv + (c.lk32 / 2) * 2 * c.ldv;
-  decayed_kt(b.KTv, c.ldk / 2, b.ekB, nt, b.KdTb, c.hp ? b.KdTlo : nullptr);
+  decayed_kt(b.KTv, c.ldk / 2, mul ? mul : b.ekB, nt, b.KdTb, c.hp ? b.KdTlo : nullptr);
   if (!zero_in && !scaled) scale_inplace(S, c.ldk * c.ldv, b.eB);
   c.K->bf16->tile_gemm(c.ldk, c.ldv, nt, b.KdTb, kC, Vv, 2 * c.ldv, S, c.ldv, !zero_in);
   if (c.hp) c.K->bf16->tile_gemm(c.ldk, c.ldv, nt, b.KdTlo, kC, Vv, 2 * c.ldv, S, c.ldv, true);
@@ -349,8 +351,12 @@ void store_out_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, const flo
 // in one product. S_in's operand copy is written in the same pass that applies
 // this chunk's decay eB to S (so a state update that follows passes scaled=true).
 // Needs b.KTv, the V half of b.SVv, the chunk decays; q rows at Qa (stride ldq).
+//
+// q_mul multiplies the inter term (the forward's lazy state scale sigma: the true
+// state is sigma * S); s_scale is the factor applied to S in that pass (eB, or 1
+// for none -- then S is only read).
 void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int64_t ldq, float* S,
-                       bool zero) {
+                       bool zero, float q_mul, float s_scale) {
   const Bf16Kernels& T = *c.K->bf16;
   const int64_t lda = c.lk32 + kC, rows = r16(n);
   T.tile_gemm(rows, kC, c.lk32, Qa, ldq, b.KTv, 2 * kC, b.P, kC, false);
@@ -359,14 +365,19 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
     decay_row(b.P + i * kC, b.D + i * kC, c.scale, a + c.lk32);
     if (zero) continue;
     if (i < n)
-      bf16_scaled(Qa + i * ldq, c.scale * b.ed[i], c.dk, c.lk32, a);
+      bf16_scaled(Qa + i * ldq, c.scale * b.ed[i] * q_mul, c.dk, c.lk32, a);
     else
       std::fill(a, a + c.lk32, uint16_t(0));
   }
   if (!zero) {
-    for (int64_t p = 0; p < c.lk32 / 2; ++p)
-      vnni_rows_and_scale(S + 2 * p * c.ldv, S + (2 * p + 1) * c.ldv, c.ldv, b.eB,
-                          b.SVv + p * 2 * c.ldv);
+    for (int64_t p = 0; p < c.lk32 / 2; ++p) {
+      float* r0 = S + 2 * p * c.ldv;
+      float* r1 = S + (2 * p + 1) * c.ldv;
+      if (s_scale == 1.f)
+        vnni_rows(r0, r1, c.ldv, b.SVv + p * 2 * c.ldv);
+      else
+        vnni_rows_and_scale(r0, r1, c.ldv, s_scale, b.SVv + p * 2 * c.ldv);
+    }
     T.tile_gemm(rows, c.ldv, c.lk32 + kC, b.Ab, lda, b.SVv, 2 * c.ldv, b.O, c.ldv, false);
   } else {
     T.tile_gemm(rows, c.ldv, kC, b.Ab + c.lk32, lda, b.SVv + (c.lk32 / 2) * 2 * c.ldv, 2 * c.ldv,
@@ -379,9 +390,9 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
 void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
                          bool zero, bool keep_state) {
   const Bf16Kernels& T = *c.K->bf16;
-  const int64_t lda = c.lk32 + kC;
   Decays dec;
   dec.init(c, u);
+  float sigma = 1.f;  // the true state is sigma * S
   for (int64_t ch = c0; ch < c1; ++ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
     const int64_t rows = r16(n);  // query rows computed (16-row tiles)
@@ -398,13 +409,24 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
     }
     pack_kt_bf16(c, u, t, n, b);
     pack_v_bf16(c, u, t, n, b);
-    chunk_output_bf16(c, n, b, Qa, ldq, S, zero);
+    // Lazy decay: when the next scale and every key factor ekB_j / sigma' stay in
+    // [2^-40, 2^40], the state is not rescaled (sigma' = sigma eB absorbs it);
+    // otherwise (strong or -inf decay) S is rescaled to the true state now.
+    const float sp = sigma * b.eB;
+    float emax = 0.f;
+    for (int64_t j = 0; j < n; ++j) emax = std::max(emax, b.ekB[j]);
+    const bool lazy = !zero && sp >= kLazyMin && emax <= sp * kLazyMax;
+    chunk_output_bf16(c, n, b, Qa, ldq, S, zero, sigma, lazy ? 1.f : sp);
     store_out_bf16(c, u, t, n, b.O, b.row);
     if (ch + 1 < u.chunks() || keep_state) {
-      state_update_bf16(c, n, b, S, zero, true);
+      if (lazy)
+        for (int64_t j = 0; j < kC; ++j) b.f[j] = b.ekB[j] / sp;  // tokens past n: ekB = 0
+      state_update_bf16(c, n, b, S, zero, true, lazy ? b.f : nullptr);
       zero = false;
+      sigma = lazy ? sp : 1.f;
     }
   }
+  if (keep_state && sigma != 1.f) scale_inplace(S, c.ldk * c.ldv, sigma);  // the true state
 }
 
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
@@ -446,7 +468,7 @@ void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
     if (!zero) transposed_vnni(c, S, b, b.XTv, c.hp ? b.XTvlo : nullptr);  // before S is scaled
     bool scaled = false;
     if (c.normalize) {
-      chunk_output_bf16(c, n, b, Qr, ldq, S, zero);
+      chunk_output_bf16(c, n, b, Qr, ldq, S, zero, 1.f, b.eB);
       scaled = !zero;
       pack_dout(c, u, t, n, b.dO);
       normalize_dout(c, n, b);
