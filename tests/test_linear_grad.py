@@ -140,6 +140,16 @@ def test_backward_dtypes(rng, dtype, gate, causal, normalize):
                     normalize=normalize, causal=causal)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("shape", [(1, 70, 2, 1, 8, 8), (2, 65, 2, 2, 8, 136), (1, 130, 1, 1, 136, 8)],
+                         ids=["Dk8_Dv8", "Dk8_Dv136", "Dk136_Dv8"])
+@pytest.mark.parametrize("gate", [None, "head", "token"], ids=lambda g: g or "nogate")
+def test_backward_small_and_lopsided_head_dims(rng, dtype, shape, gate):
+    """Head dims far below and above the 64-token chunk (the AMX path's tiles
+    and scratch are sized by both)."""
+    _check_backward(rng, shape, dtype, gate, states=True)
+
+
 def test_backward_only_final_state_gradient(rng):
     """dout absent (None): the gradient comes from the final state alone."""
     _check_backward(rng, (2, 100, 2, 2, 16, 24), "float32", "token", states=True, dout=False)
@@ -178,9 +188,10 @@ def test_backward_segmented(rng, threads, H):
         attnkit.set_num_threads(0)
 
 
-def test_backward_is_deterministic(rng):
-    q, k, v, g, s0 = make(rng, (2, 300, 4, 2, 32, 24), gate="token", state=True)
-    do = randn(rng, (2, 300, 4, 24), "float32")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_backward_is_deterministic(rng, dtype):
+    q, k, v, g, s0 = make(rng, (2, 300, 4, 2, 32, 24), dtype, gate="token", state=True)
+    do = randn(rng, (2, 300, 4, 24), dtype)
     first = attnkit.linear_attention_backward(do, q, k, v, g=g, initial_state=s0)
     for threads in (0, 0, 1, 2):  # 8 (batch, head) units: the same schedule for 1 or 2 threads
         attnkit.set_num_threads(threads)

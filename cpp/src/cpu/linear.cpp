@@ -15,8 +15,11 @@
 // lies in [0, 1], so nothing overflows and strong decay only underflows to 0,
 // exactly like the recurrence. g = -inf resets the state exactly.
 //
-// All products are the kernel table's fp32 GEMM (KernelTable::gemm, the same
-// micro-kernel as the softmax engine). Parallel work items are (sequence, head)
+// This file holds the drivers and the fp32 chunk math: its products are the
+// kernel table's fp32 GEMM (KernelTable::gemm, the same micro-kernel as the
+// softmax engine), used for every dtype. bf16 inputs on AMX CPUs run the same
+// algorithm with bf16 tile GEMMs instead (linear_bf16.cpp); shared pieces are in
+// linear_impl.hpp. Parallel work items are (sequence, head)
 // units; when there are fewer units than threads can balance, long units are
 // cut into segments of chunks and run in three passes (local states of each
 // segment in parallel, a short sequential scan over segment states, then the
@@ -25,8 +28,9 @@
 // The backward runs the chunks forward (state S, giving dq) and then backward
 // (adjoint state dH, giving dk, dv and d(initial_state)); dg comes from the
 // identity dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>,
-// accumulated in double. GQA partial dk/dv are summed in a fixed order, so the
-// result is reproducible run to run.
+// accumulated in double and regrouped so that no large sums cancel (see
+// intra_dg, backward_reverse_segment, compute_dg). GQA partial dk/dv are summed
+// in a fixed order, so the result is reproducible run to run.
 #include "linear.hpp"
 
 #include <algorithm>

@@ -251,7 +251,7 @@ struct Bufs {
   }
   static int64_t floats(const Ctx& c) {
     const int64_t m = c.ldmax();
-    return 2 * kC * c.ldk + c.ldk * kC + 5 * kC * c.ldv + c.ldv * kC + 3 * kC * kC + m * kC +
+    return 2 * kC * c.ldk + c.ldk * kC + 5 * kC * c.ldv + c.ldv * kC + 3 * kC * kC + std::max(m, kC) * kC +
            3 * c.state_floats() + m + kLanes + 3 * kC + (halves(c) + 1) / 2 + 64 * 32;
   }
   void carve(float* p, const Ctx& c) {
@@ -274,7 +274,7 @@ struct Bufs {
     P = take(kC * kC);
     Bm = take(kC * kC);
     D = take(kC * kC);
-    T1 = take(m * kC);
+    T1 = take(std::max(m, kC) * kC);  // also a [kC][kC] transpose tile (bf16 backward)
     S = take(c.state_floats());
     ST = take(c.state_floats());
     dH = take(c.state_floats());
