@@ -6,11 +6,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../linear_problem.hpp"
 #include "kernels.hpp"
 #include "parallel.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define AK_LIN_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AK_LIN_ASAN 1
+#endif
+#endif
 
 namespace attnkit::cpu::lin {
 
@@ -254,12 +263,22 @@ struct Bufs {
     return 2 * kC * c.ldk + c.ldk * kC + 5 * kC * c.ldv + c.ldv * kC + 3 * kC * kC + std::max(m, kC) * kC +
            3 * c.state_floats() + m + kLanes + 3 * kC + (halves(c) + 1) / 2 + 64 * 32;
   }
+  // Under AddressSanitizer every buffer is its own allocation, so that an
+  // overflow from one into the next is reported (carving hides it).
+  std::vector<std::unique_ptr<float[]>> owned;
+
   void carve(float* p, const Ctx& c) {
     const int64_t m = c.ldmax();
     auto take = [&](int64_t n) {
+#ifdef AK_LIN_ASAN
+      (void)p;
+      owned.emplace_back(new float[rup(n, 16)]);
+      return owned.back().get();
+#else
       float* r = p;
       p += rup(n, 16);
       return r;
+#endif
     };
     auto take16 = [&](int64_t n) { return reinterpret_cast<uint16_t*>(take((n + 1) / 2)); };
     Q = take(kC * c.ldk);
