@@ -389,7 +389,6 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
 
 void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
                          bool zero, bool keep_state) {
-  const Bf16Kernels& T = *c.K->bf16;
   Decays dec;
   dec.init(c, u);
   float sigma = 1.f;  // the true state is sigma * S
@@ -409,13 +408,14 @@ void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bu
     }
     pack_kt_bf16(c, u, t, n, b);
     pack_v_bf16(c, u, t, n, b);
-    // Lazy decay: when the next scale and every key factor ekB_j / sigma' stay in
-    // [2^-40, 2^40], the state is not rescaled (sigma' = sigma eB absorbs it);
-    // otherwise (strong or -inf decay) S is rescaled to the true state now.
+    // Lazy decay: when the next scale sigma' = sigma eB and every key factor
+    // ekB_j / sigma' stay in [2^-40, 2^40], the state is not rescaled (sigma'
+    // absorbs the decay); otherwise (strong or -inf decay, long growth) S is
+    // rescaled to the true state now.
     const float sp = sigma * b.eB;
     float emax = 0.f;
     for (int64_t j = 0; j < n; ++j) emax = std::max(emax, b.ekB[j]);
-    const bool lazy = !zero && sp >= kLazyMin && emax <= sp * kLazyMax;
+    const bool lazy = !zero && sp >= kLazyMin && sp <= kLazyMax && emax <= sp * kLazyMax;
     chunk_output_bf16(c, n, b, Qa, ldq, S, zero, sigma, lazy ? 1.f : sp);
     store_out_bf16(c, u, t, n, b.O, b.row);
     if (ch + 1 < u.chunks() || keep_state) {

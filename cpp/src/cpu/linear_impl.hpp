@@ -236,7 +236,6 @@ struct Bufs {
   uint16_t *Vdb;   // [kC][lv32]       v rows * ekB
   uint16_t *VTv;   // [lv32/2][2 kC]   V^T, VNNI
   uint16_t *Db;    // [kC][lv32]       dOa rows
-  uint16_t *Ddb;   // [kC][lv32]       dOa rows * scale ed
   uint16_t *Dv;    // [kC/2][2 ldv]    dOa, VNNI by token pairs
   uint16_t *Bmb;   // [kC][kC]         Bm rows
   uint16_t *BmTb;  // [kC][kC]         Bm^T rows
@@ -254,7 +253,7 @@ struct Bufs {
 
   static int64_t halves(const Ctx& c) {  // bf16 elements
     return 3 * kC * c.lk32 + kC * (c.lk32 + kC) + (c.lk32 + kC) * c.ldv + c.lk32 * kC +
-           4 * kC * c.lk32 + 5 * kC * c.lv32 + kC * c.ldv + 3 * kC * kC + c.lv32 * c.lk32 +
+           4 * kC * c.lk32 + 4 * kC * c.lv32 + kC * c.ldv + 3 * kC * kC + c.lv32 * c.lk32 +
            2 * c.lk32 * c.ldv + c.lk32 * c.lv32 + 2 * c.lk32 * kC + c.lv32 * c.lk32 +
            c.lk32 * c.ldv + 30 * 32;
   }
@@ -315,7 +314,6 @@ struct Bufs {
     Vdb = take16(kC * c.lv32);
     VTv = take16(kC * c.lv32);
     Db = take16(kC * c.lv32);
-    Ddb = take16(kC * c.lv32);
     Dv = take16(kC * c.ldv);
     Bmb = take16(kC * kC);
     BmTb = take16(kC * kC);
