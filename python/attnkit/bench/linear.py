@@ -13,7 +13,7 @@ FLOPs (effective, the same count for every implementation of a case):
 
 Default CPU cases (DESIGN §6 / issue 5): B1 S16384 H8 D128, per-head decay
 (RetNet's g_h = log(1 - 2^(-5-h))), forward and backward, float32 and
-bfloat16; a causal forward sweep S = 512 .. 16384 against attnkit's causal
+bfloat16; a causal forward sweep S = 128 .. 16384 against attnkit's causal
 FMHA, from which ``summarize`` reports the crossover length; a per-token gate
 case; and the non-causal form against torch's ``q (k^T v)``.
 """
@@ -28,8 +28,8 @@ from . import Case, Options
 CHUNK = 64
 CPU_SHAPE = dict(B=1, S=16384, H=8, D=128)
 CPU_QUICK = dict(B=1, S=1024, H=2, D=64)
-SWEEP = [512, 1024, 2048, 4096, 8192, 16384]
-SWEEP_QUICK = [256, 512, 1024]
+SWEEP = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+SWEEP_QUICK = [128, 256, 512, 1024]
 # FMHA backward gets slow fast (quadratic); it joins the backward cases up to here.
 FMHA_BWD_MAX_S = 8192
 
