@@ -198,25 +198,57 @@ void forward_scan(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, 
 
 // ---------------------------------------------------------------- non-causal
 // o = scale q S, S = S_0 + sum_j k_j^T v_j over the whole sequence.
+//
+// The sums over tokens (S, and dS in the backward) run as GEMMs of depth up to
+// kNB tokens: a long K keeps the micro-kernel's accumulators in registers
+// instead of reloading the [Dk][Dv] sum every 64 tokens.
+constexpr int64_t kNB = 512;
+
+// Per-thread rows of the two operands of X += A^T B over a block of tokens.
+class TokenSum {
+ public:
+  TokenSum(const Ctx& c, int threads) : c_(c), per_(kNB * (c.ldk + c.ldv) + 32) {
+    buf_.reset(per_ * threads);
+  }
+  float* a(int64_t i) { return base() + i * c_.ldk; }            // [kNB][ldk]
+  float* b(int64_t i) { return base() + kNB * c_.ldk + i * c_.ldv; }  // [kNB][ldv]
+  // X += sum over the n buffered tokens of a_i^T b_i (X [ldk][ldv]).
+  void flush(int64_t n, float* X) {
+    if (n > 0) c_.K->gemm(c_.dk, c_.ldv / kLanes, n, a(0), 1, c_.ldk, b(0), c_.ldv, X, c_.ldv, true);
+  }
+
+ private:
+  float* base() { return buf_.get() + per_ * thread_index(); }
+  const Ctx& c_;
+  int64_t per_;
+  FloatBuffer buf_;
+};
+
 void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
                      Scratch& scratch, int threads, FloatBuffer& states) {
+  (void)scratch;
   const int64_t sz = c.ldk * c.ldv;
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  TokenSum acc(c, threads);
   for_segments(pl, threads, false, [&](int64_t si) {
     const Segment& sg = pl.segs[si];
     const Unit& u = units[sg.u];
-    Bufs& b = scratch.mine();
     float* L = parts.get() + si * sz;
     std::fill(L, L + sz, 0.f);
-    std::fill(b.ekB, b.ekB + kC, 1.f);
-    b.eB = 1.f;
-    bool zero = true;
-    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
-      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-      pack_k(c, u, t, n, b, false, true);
-      pack_v(c, u, t, n, b, true, false);
-      state_update(c, n, b, L, zero);
-      zero = false;
+    const int64_t t0 = sg.c0 * kC, t1 = std::min(u.T, sg.c1 * kC);
+    int64_t m = 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      float* kr = acc.a(m);
+      float* vr = acc.b(m);
+      load_row(c.k.row(u.b, u.t0 + t, u.hkv), c.k.dt, c.dk, kr);
+      std::fill(kr + c.dk, kr + c.ldk, 0.f);
+      load_row(c.v.row(u.b, u.t0 + t, u.hkv), c.v.dt, c.dv, vr);
+      std::fill(vr + c.dv, vr + c.ldv, 0.f);
+      if (c.normalize) vr[c.dv] = 1.f;
+      if (++m == kNB || t + 1 == t1) {
+        acc.flush(m, L);
+        m = 0;
+      }
     }
   });
   states.reset(static_cast<int64_t>(units.size()) * sz);
@@ -575,6 +607,7 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
   });
   // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  TokenSum acc(c, threads);
   for_segments(pl, threads, false, [&](int64_t si) {
     const Segment& sg = pl.segs[si];
     const Unit& u = units[sg.u];
@@ -600,7 +633,15 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
       scale_all(dq, n * c.ldk, c.scale);
       for (int64_t i = 0; i < n; ++i)
         store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
-      adjoint_update(c, n, b, L, false);
+      // buffer q rows and scale dOa rows for dS; a block is summed every kNB tokens
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t m = (t - sg.c0 * kC + i) % kNB;
+        std::memcpy(acc.a(m), b.Q + i * c.ldk, sizeof(float) * c.ldk);
+        float* y = acc.b(m);
+        const float* x = b.dO + i * c.ldv;
+        for (int64_t e = 0; e < c.ldv; ++e) y[e] = x[e] * c.scale;
+        if (m + 1 == kNB || t + i + 1 == std::min(u.T, sg.c1 * kC)) acc.flush(m + 1, L);
+      }
     }
   });
   FloatBuffer dS(static_cast<int64_t>(units.size()) * sz);
