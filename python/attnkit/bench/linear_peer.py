@@ -46,6 +46,9 @@ def chunk_linear_attention(
     qc, kc, vc = prep(q), prep(k), prep(v)
     dev = q.device
     mask = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+    if g is not None and g.dim() == 1 and pad:
+        # a padded tail must not decay: the per-token form, padded with g = 0
+        g = g.float().reshape(1, 1, H).expand(B, S, H)
     if g is not None and g.dim() == 1:
         # Per-head decay: b = (t + 1) * g inside every chunk; the decay matrix
         # exp(b_i - b_j) is the same for all chunks (broadcast, not expanded).
