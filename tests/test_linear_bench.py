@@ -38,6 +38,9 @@ def test_summarize_reports_the_crossover():
                              impl=impl, time_ms=t, sweep="crossover", S=s))
     (line,) = lb.summarize(rows)
     assert "from S ~ 256" in line and "S512: 2.00x" in line
+    faster = [dict(r, time_ms=r["time_ms"] * (0.1 if r["impl"] == "attnkit" else 1)) for r in rows]
+    (line,) = lb.summarize(faster)
+    assert "faster than attnkit causal FMHA at every swept length, from S128" in line
 
 
 def test_bench_quick_run(tmp_path):

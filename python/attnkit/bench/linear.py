@@ -13,7 +13,7 @@ FLOPs (effective, the same count for every implementation of a case):
 
 Default CPU cases (DESIGN §6 / issue 5): B1 S16384 H8 D128, per-head decay
 (RetNet's g_h = log(1 - 2^(-5-h))), forward and backward, float32 and
-bfloat16; a causal forward sweep S = 128 .. 16384 against attnkit's causal
+bfloat16; a causal forward sweep S = 64 .. 16384 against attnkit's causal
 FMHA, from which ``summarize`` reports the crossover length; a per-token gate
 case; and the non-causal form against torch's ``q (k^T v)``.
 """
@@ -28,8 +28,8 @@ from . import Case, Options
 CHUNK = 64
 CPU_SHAPE = dict(B=1, S=16384, H=8, D=128)
 CPU_QUICK = dict(B=1, S=1024, H=2, D=64)
-SWEEP = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-SWEEP_QUICK = [128, 256, 512, 1024]
+SWEEP = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+SWEEP_QUICK = [64, 128, 256, 512, 1024]
 # FMHA backward gets slow fast (quadratic); it joins the backward cases up to here.
 FMHA_BWD_MAX_S = 8192
 
@@ -219,6 +219,10 @@ def summarize(rows: List[Dict[str, Any]]) -> List[str]:
         where = ", ".join(f"S{s}: {tf / tl:.2f}x" for s, tl, tf in pts)
         if x is None:
             lines.append(f"linear {dtype}: attnkit causal FMHA stays faster over the sweep ({where})")
+        elif all(tf > tl for _, tl, tf in pts):
+            lines.append(f"linear {dtype}: linear attention is faster than attnkit causal FMHA at every "
+                         f"swept length, from S{pts[0][0]} (crossover <= {pts[0][0]}; per-head decay, "
+                         f"speedup by S: {where})")
         else:
             lines.append(f"linear {dtype}: linear attention beats attnkit causal FMHA from S ~ {x:.0f} "
                          f"(per-head decay, speedup by S: {where})")
