@@ -571,11 +571,13 @@ inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
     const char* q = static_cast<const char*>(c.q.row(u.b, u.t0 + t + i, u.hq));
     const char* k = static_cast<const char*>(c.k.row(u.b, u.t0 + t + i, u.hkv));
     const char* v = static_cast<const char*>(c.v.row(u.b, u.t0 + t + i, u.hkv));
+    // into L2 (locality 2): an L1 prefetch a whole chunk ahead is evicted by
+    // the current chunk's operands before it is used (measured ~15% slower)
     for (int64_t o = 0; o < bq; o += 64) {
-      __builtin_prefetch(q + o);
-      __builtin_prefetch(k + o);
+      __builtin_prefetch(q + o, 0, 2);
+      __builtin_prefetch(k + o, 0, 2);
     }
-    for (int64_t o = 0; o < bv; o += 64) __builtin_prefetch(v + o);
+    for (int64_t o = 0; o < bv; o += 64) __builtin_prefetch(v + o, 0, 2);
   }
 }
 
