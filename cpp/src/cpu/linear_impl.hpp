@@ -562,7 +562,7 @@ inline void store_out(const Ctx& c, const Unit& u, int64_t t, int64_t n, const f
   }
 }
 
-// Software prefetch of the q, k, v rows of tokens [t, t + n) of u (the next
+// Software prefetch of the q, k, v (and output) rows of tokens [t, t + n) of u (the next
 // chunk, while this one computes): rows are short (a head's slice of a token)
 // and far apart, a pattern the hardware prefetchers cover poorly.
 inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
@@ -578,6 +578,10 @@ inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
       __builtin_prefetch(k + o, 0, 2);
     }
     for (int64_t o = 0; o < bv; o += 64) __builtin_prefetch(v + o, 0, 2);
+    if (c.out.data) {  // the output rows too, with write intent (their misses overlap compute)
+      const char* o = static_cast<const char*>(c.out.row(u.b, u.t0 + t + i, u.hq));
+      for (int64_t x = 0; x < c.dv * dtype_size(c.out.dt); x += 64) __builtin_prefetch(o + x, 1, 2);
+    }
   }
 }
 
