@@ -35,7 +35,14 @@ SM90_FWD: Dict[int, Tuple[int, int]] = {
 # sm_90a backward: head_dim -> stages (128 keys x 64 queries tiles).
 SM90_BWD: Dict[int, int] = {32: 2, 64: 2, 96: 2, 128: 2}
 
-CI_SET = {("90", "fwd", "bf16", 128), ("90", "fwd", "fp16", 64), ("90", "bwd", "bf16", 128)}
+# The portable forward (mma.sync, cuda/sm100/fmha_fwd_mma.cuh): the sm_100a
+# forward until a tcgen05 kernel exists, also built for sm_90a so that a Hopper
+# machine can verify it (selected there with ATTNKIT_CUDA_VARIANT=mma-sync).
+MMA_FWD_DIMS = [32, 64, 96, 128, 192, 256]
+
+CI_SET = {("90", "fwd", "bf16", 128, "tma-wgmma-ws"), ("90", "fwd", "fp16", 64, "tma-wgmma-ws"),
+          ("90", "bwd", "bf16", 128, "tma-wgmma-ws"), ("90", "fwd", "bf16", 128, "mma-sync"),
+          ("100", "fwd", "bf16", 128, "mma-sync")}
 
 
 @dataclass(frozen=True)
@@ -44,18 +51,25 @@ class Kernel:
     direction: str  # "fwd" / "bwd"
     dtype: str  # "bf16" / "fp16"
     head_dim: int
+    variant: str = "tma-wgmma-ws"
 
     @property
     def name(self) -> str:
-        return f"sm{self.arch}_{self.direction}_{self.dtype}_hd{self.head_dim}"
+        tag = "" if self.variant == "tma-wgmma-ws" else "_mma"
+        return f"sm{self.arch}_{self.direction}_{self.dtype}_hd{self.head_dim}{tag}"
 
     @property
-    def variant(self) -> str:
-        return "tma-wgmma-ws"
+    def key(self):
+        return (self.arch, self.direction, self.dtype, self.head_dim, self.variant)
 
     def source(self) -> str:
         elem = DTYPES[self.dtype][0]
-        if self.direction == "fwd":
+        if self.variant == "mma-sync":
+            body = f"  mma::launch_fwd<mma::FwdKernel<{elem}, {self.head_dim}>>(p, stream);\n"
+            include = "sm100/fmha_fwd_mma.cuh"
+            sig = "const FmhaProblem& p, void* stream"
+            extra = ""
+        elif self.direction == "fwd":
             bn, stages = SM90_FWD[self.head_dim]
             body = (f"  sm90::launch_fwd<sm90::FwdKernel<{elem}, {self.head_dim}, {bn}, {stages}>>(p, stream);\n")
             include = "sm90/fmha_fwd.cuh"
@@ -110,13 +124,19 @@ def plan(archs: List[str], kernel_set: str) -> Tuple[List[Kernel], List[str]]:
             for d in SM90_BWD:
                 for dt in DTYPES:
                     kernels.append(Kernel("90", "bwd", dt, d))
+            for d in MMA_FWD_DIMS:
+                for dt in DTYPES:
+                    kernels.append(Kernel("90", "fwd", dt, d, "mma-sync"))
         elif num == "100":
-            notes.append("sm_100a: no kernels yet -- the sm_90a kernels use WGMMA, which sm_100a does not "
-                         "have, and the tcgen05/TMEM port is not written (see docs/cuda.md)")
+            for d in MMA_FWD_DIMS:
+                for dt in DTYPES:
+                    kernels.append(Kernel("100", "fwd", dt, d, "mma-sync"))
+            notes.append("sm_100a: forward only, on the portable mma.sync kernel (not tcgen05/TMEM); "
+                         "no sm_100a backward yet (see docs/cuda.md)")
         else:
             notes.append(f"arch {a}: attnkit has no kernels for it (supported: 90a, 100a)")
     if kernel_set == "ci":
-        kernels = [k for k in kernels if (k.arch, k.direction, k.dtype, k.head_dim) in CI_SET]
+        kernels = [k for k in kernels if k.key in CI_SET]
     elif kernel_set != "all":
         raise SystemExit(f"generate.py: unknown kernel set {kernel_set!r} (all, ci)")
     return kernels, notes

@@ -48,6 +48,11 @@ def _built(direction: str):
 
 FWD = _built("fwd")
 BWD = _built("bwd")
+# The portable mma.sync forward (the sm_100a kernel) where this build also has it
+# for the GPU at hand: verified here through ATTNKIT_CUDA_VARIANT.
+MMA_FWD = {(dt, d) for dt, d in FWD
+           if any(re.match(rf"sm{ARCH} fwd {'bf16' if dt == 'bfloat16' else 'fp16'} hd{d} \(mma-sync\)", k)
+                  for k in _INFO.get("cuda_kernels", []))}
 
 if not _INFO["cuda"]:
     pytest.skip("attnkit was built without CUDA (rebuild with ATTNKIT_CUDA=ON)", allow_module_level=True)
@@ -298,3 +303,27 @@ def test_merge_attentions_on_cuda():
     assert out.is_cuda
     ro, rl = _reference(q, k, v)
     assert rel_err(out, ro) < TOL[dtype] and rel_err(lse, rl) < TOL[dtype]
+
+
+def _mma_params():
+    out = []
+    for dtype, d in sorted(MMA_FWD):
+        for s in SHAPES[1:6]:
+            for o in OPTIONS[:3]:
+                out.append(pytest.param(dtype, d, s, o, id=f"{dtype}-hd{d}-{_shape_id(s)}-{_opt_id(o)}"))
+    return out
+
+
+@pytest.mark.skipif(not MMA_FWD, reason="this build has no mma-sync forward for this GPU's arch")
+@pytest.mark.parametrize("dtype,D,shape,opt", _mma_params())
+def test_forward_portable_mma_kernel(monkeypatch, dtype, D, shape, opt):
+    """The portable kernel attnkit ships for sm_100a, run here on the GPU at hand."""
+    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", "mma-sync")
+    test_forward(dtype, D, shape, opt)
+
+
+def test_portable_mma_kernel_varlen(monkeypatch):
+    if not MMA_FWD:
+        pytest.skip("this build has no mma-sync forward for this GPU's arch")
+    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", "mma-sync")
+    test_varlen(True)

@@ -8,6 +8,7 @@
 // problem comes.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -112,7 +113,7 @@ void fmha_forward(const FmhaProblem& p, void* stream) {
   DeviceGuard guard(fn, p.device.index);
   const ComputeCapability cc = compute_capability(fn, p.device.index);
   const KernelEntry& e = find_kernel(kKernelTable, fn, cc.major, cc.minor, Direction::Forward, p.dtype,
-                                     int(p.head_dim_qk));
+                                     int(p.head_dim_qk), std::getenv("ATTNKIT_CUDA_VARIANT"));
   e.forward(p, stream);
 }
 
@@ -123,7 +124,7 @@ void fmha_backward(const FmhaBackwardProblem& p, void* stream) {
   DeviceGuard guard(fn, p.fwd.device.index);
   const ComputeCapability cc = compute_capability(fn, p.fwd.device.index);
   const KernelEntry& e = find_kernel(kKernelTable, fn, cc.major, cc.minor, Direction::Backward,
-                                     p.fwd.dtype, int(p.fwd.head_dim_qk));
+                                     p.fwd.dtype, int(p.fwd.head_dim_qk), std::getenv("ATTNKIT_CUDA_VARIANT"));
   WorkspaceCache& w = workspaces();
   std::lock_guard<std::mutex> lock(w.mu);
   void* ws = w.get(fn, p.fwd.device.index, stream, e.workspace_bytes(p));

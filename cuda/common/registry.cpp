@@ -92,7 +92,7 @@ int arch_of_compute_capability(int major, int minor) {
 }
 
 const KernelEntry& find_kernel(const KernelTable& t, const char* fn, int cc_major, int cc_minor,
-                               Direction dir, DType dtype, int head_dim) {
+                               Direction dir, DType dtype, int head_dim, const char* variant) {
   const int arch = arch_of_compute_capability(cc_major, cc_minor);
   const std::string asked = std::string(short_dtype(dtype)) + " head_dim " +
                             std::to_string(head_dim) + " " + dir_name(dir);
@@ -101,12 +101,17 @@ const KernelEntry& find_kernel(const KernelTable& t, const char* fn, int cc_majo
            "sm_100a (B200/GB200). This build has: ", all_summary(t),
            ". Pass CPU tensors to use the CPU backend");
   bool arch_built = false;
+  const KernelEntry* first = nullptr;
   for (int i = 0; i < t.size; ++i) {
     const KernelEntry& e = t.entries[i];
     if (e.arch != arch) continue;
     arch_built = true;
-    if (e.dir == dir && e.dtype == dtype && e.head_dim == head_dim) return e;
+    if (e.dir != dir || e.dtype != dtype || e.head_dim != head_dim) continue;
+    if (variant == nullptr || !*variant) return e;
+    if (e.variant && std::string(e.variant) == variant) return e;
+    if (!first) first = &e;
   }
+  if (first) return *first;
   AK_CHECK(arch_built, Unsupported, fn, ": this attnkit build has no kernels for sm_", arch,
            "a (the GPU's compute capability ", cc_major, ".", cc_minor, "); built archs: '", t.archs,
            "'. Rebuild with ATTNKIT_CUDA_ARCHS including ", arch, "a. This build has: ",

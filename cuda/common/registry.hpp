@@ -52,8 +52,10 @@ int arch_of_compute_capability(int major, int minor);
 
 // The entry for (arch, dir, dtype, head_dim), or throws Error(Unsupported) naming
 // what was asked and listing what this build has (for this arch, and every arch).
+// Among several variants the table's first wins, unless `variant` names one that
+// exists (ATTNKIT_CUDA_VARIANT, e.g. "mma-sync" to verify the portable kernel).
 const KernelEntry& find_kernel(const KernelTable& t, const char* fn, int cc_major, int cc_minor,
-                               Direction dir, DType dtype, int head_dim);
+                               Direction dir, DType dtype, int head_dim, const char* variant = nullptr);
 
 // Checks the problem features the CUDA kernels cover (independent of the table):
 // fp16/bf16, Dqk == Dv, no softcap, 16-byte aligned pointers and strides (TMA),

@@ -340,6 +340,7 @@ CUTE_DEVICE void BwdKernel<Element, kHeadDim, kStages>::run(Params const& p, cha
       pipe_do.consumer_wait(rd);
       wgmma(mma_sdp, tSrV, tSrdO(_, _, _, rd.index()), acc_dp, true);
       warpgroup_wait<1>();  // S^T is ready
+      fence_operands(acc_s);
 
       const float* lse2 = smem.lse2.data() + rq.index() * kBlockM;
       const float* delta = smem.delta.data() + rd.index() * kBlockM;
@@ -357,6 +358,7 @@ CUTE_DEVICE void BwdKernel<Element, kHeadDim, kStages>::run(Params const& p, cha
         }
       }
       warpgroup_wait<0>();  // dP^T is ready
+      fence_operands(acc_s, acc_dp);
       Tensor dp = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
       CUTE_UNROLL
       for (int c = 0; c < size<1>(dp); ++c) {
@@ -380,6 +382,7 @@ CUTE_DEVICE void BwdKernel<Element, kHeadDim, kStages>::run(Params const& p, cha
       Tensor acc_dq = partition_fragment_C(mma_dq, Shape<_64, Int<kDqCols>>{});
       wgmma(mma_dq, tQrdS, tQrKt, acc_dq, true);
       warpgroup_wait<0>();
+      fence_operands(acc_dv, acc_dk, acc_dq, p_a, ds_a);
       pipe_q.consumer_release(rq);
       ++rq;
       pipe_do.consumer_release(rd);

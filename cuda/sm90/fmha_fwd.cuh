@@ -269,6 +269,7 @@ CUTE_DEVICE void FwdKernel<Element, kHeadDim, kBlockN, kStages>::run(Params cons
     pipe_k.consumer_wait(rk);
     wgmma(mma_qk, tSrQ, tSrK(_, _, _, rk.index()), acc_s, true);
     warpgroup_wait<0>();
+    fence_operands(acc_s);
     pipe_k.consumer_release(rk);
     ++rk;
 
@@ -316,6 +317,7 @@ CUTE_DEVICE void FwdKernel<Element, kHeadDim, kBlockN, kStages>::run(Params cons
     warpgroup_fence_operand(p_a);
     wgmma(mma_pv, p_a, tOrV(_, _, _, rv.index()), acc_o, false);
     warpgroup_wait<0>();
+    fence_operands(acc_o, p_a);
     pipe_v.consumer_release(rv);
     ++rv;
   }

@@ -136,6 +136,14 @@ CUTE_DEVICE void wgmma(TiledMma& mma, TA const& a, TB const& b, TC& c, bool zero
   warpgroup_fence_operand(c);
 }
 
+// After warpgroup_wait: the registers WGMMA wrote (accumulators) or read
+// asynchronously (register A operands) are pinned here, so the compiler neither
+// reads an accumulator before the wait nor reuses an operand's registers early.
+template <class... Ts>
+CUTE_DEVICE void fence_operands(Ts&... ts) {
+  (warpgroup_fence_operand(ts), ...);
+}
+
 // Named barriers: id 0 is __syncthreads; ids from 1 are ours.
 CUTE_DEVICE void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

@@ -191,6 +191,19 @@ static void check_registry() {
         "old GPU message: %s", e.c_str());
   e = error_of([&] { cuda::find_kernel(t, "attention", 10, 0, Direction::Forward, DType::BFloat16, 128); });
   CHECK(has(e, "no kernels for sm_100a") && has(e, "ATTNKIT_CUDA_ARCHS"), "unbuilt arch message: %s", e.c_str());
+  // Variant preference (ATTNKIT_CUDA_VARIANT): the named one when it exists, else the first.
+  const cuda::KernelEntry ventries[] = {
+      {90, Direction::Forward, DType::BFloat16, 128, "tma-wgmma-ws", &fake_fwd, nullptr, nullptr},
+      {90, Direction::Forward, DType::BFloat16, 128, "mma-sync", &fake_fwd, nullptr, nullptr},
+      {90, Direction::Forward, DType::BFloat16, 64, "tma-wgmma-ws", &fake_fwd, nullptr, nullptr},
+  };
+  const cuda::KernelTable vt{ventries, 3, "90a"};
+  CHECK(&cuda::find_kernel(vt, "attention", 9, 0, Direction::Forward, DType::BFloat16, 128) == &ventries[0], "default variant");
+  CHECK(&cuda::find_kernel(vt, "attention", 9, 0, Direction::Forward, DType::BFloat16, 128, "mma-sync") == &ventries[1],
+        "preferred variant");
+  CHECK(&cuda::find_kernel(vt, "attention", 9, 0, Direction::Forward, DType::BFloat16, 64, "mma-sync") == &ventries[2],
+        "fallback when the preferred variant is missing");
+  CHECK(&cuda::find_kernel(vt, "attention", 9, 0, Direction::Forward, DType::BFloat16, 128, "") == &ventries[0], "empty");
   CHECK(cuda::arch_of_compute_capability(9, 0) == 90 && cuda::arch_of_compute_capability(10, 0) == 100 &&
             cuda::arch_of_compute_capability(10, 3) == 0 && cuda::arch_of_compute_capability(8, 9) == 0,
         "arch map");
