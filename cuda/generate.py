@@ -40,7 +40,13 @@ SM90_BWD: Dict[int, int] = {32: 2, 64: 2, 96: 2, 128: 2}
 # machine can verify it (selected there with ATTNKIT_CUDA_VARIANT=mma-sync).
 MMA_FWD_DIMS = [32, 64, 96, 128, 192, 256]
 
-CI_SET = {("90", "fwd", "bf16", 128, "tma-wgmma-ws"), ("90", "fwd", "fp16", 64, "tma-wgmma-ws"),
+# sm_90a forward variants: "tma-wgmma-ws" (one KV tile at a time per warpgroup)
+# and "tma-wgmma-pp" (FlashAttention-3's intra-warpgroup overlap + ping-pong of
+# the two consumer warpgroups). The first listed is the default at run time;
+# ATTNKIT_CUDA_VARIANT picks another.
+SM90_FWD_VARIANTS = ["tma-wgmma-ws", "tma-wgmma-pp"]
+
+CI_SET = {("90", "fwd", "bf16", 128, "tma-wgmma-ws"), ("90", "fwd", "bf16", 128, "tma-wgmma-pp"),
           ("90", "bwd", "bf16", 128, "tma-wgmma-ws"), ("90", "fwd", "bf16", 128, "mma-sync"),
           ("100", "fwd", "bf16", 128, "mma-sync")}
 
@@ -55,7 +61,7 @@ class Kernel:
 
     @property
     def name(self) -> str:
-        tag = "" if self.variant == "tma-wgmma-ws" else "_mma"
+        tag = {"tma-wgmma-ws": "", "tma-wgmma-pp": "_pp", "mma-sync": "_mma"}[self.variant]
         return f"sm{self.arch}_{self.direction}_{self.dtype}_hd{self.head_dim}{tag}"
 
     @property
@@ -71,7 +77,8 @@ class Kernel:
             extra = ""
         elif self.direction == "fwd":
             bn, stages = SM90_FWD[self.head_dim]
-            body = (f"  sm90::launch_fwd<sm90::FwdKernel<{elem}, {self.head_dim}, {bn}, {stages}>>(p, stream);\n")
+            pp = "true" if self.variant == "tma-wgmma-pp" else "false"
+            body = (f"  sm90::launch_fwd<sm90::FwdKernel<{elem}, {self.head_dim}, {bn}, {stages}, {pp}>>(p, stream);\n")
             include = "sm90/fmha_fwd.cuh"
             sig = "const FmhaProblem& p, void* stream"
             extra = ""
@@ -118,9 +125,10 @@ def plan(archs: List[str], kernel_set: str) -> Tuple[List[Kernel], List[str]]:
             continue
         num = a.rstrip("a")
         if num == "90":
-            for d in SM90_FWD:
-                for dt in DTYPES:
-                    kernels.append(Kernel("90", "fwd", dt, d))
+            for variant in SM90_FWD_VARIANTS:
+                for d in SM90_FWD:
+                    for dt in DTYPES:
+                        kernels.append(Kernel("90", "fwd", dt, d, variant))
             for d in SM90_BWD:
                 for dt in DTYPES:
                     kernels.append(Kernel("90", "bwd", dt, d))

@@ -5,8 +5,8 @@
 # JSON results and a log into OUTDIR. Meant for a lent H100/H200 machine with
 # torch (CUDA), nanobind, scikit-build-core, cmake and ninja but no package
 # registry; about 8-10 minutes in all, the build included. OUTDIR gets at most
-# 7 files (the device tool returns 8): log.txt build.txt info.json tests.txt
-# memcheck.txt bench.json summary.json.
+# 8 files (what the device tool returns): log.txt build.txt info.json tests.txt
+# memcheck.txt bench.json bench_pp.json summary.json.
 #
 #   scripts/gpu_check.sh OUTDIR
 #
@@ -69,7 +69,11 @@ cd /tmp  # the installed package, not the source tree
 "$PY" -m attnkit info --json > "$OUT/info.json"
 "$PY" -m attnkit info
 
-step "GPU tests" "$PY" -m pytest -q -p no:cacheprovider -rs \
+# A kernel that hangs must not eat the whole lease: pytest-timeout (in the CUDA
+# image) ends the run after 300 s of one test.
+TIMEOUT_ARGS=""
+"$PY" -c "import pytest_timeout" 2>/dev/null && TIMEOUT_ARGS="--timeout=300 --timeout-method=thread"
+step "GPU tests" timeout 420 "$PY" -m pytest -q -p no:cacheprovider -rs $TIMEOUT_ARGS \
   "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_cuda_host.py" > "$OUT/tests.txt" 2>&1
 tail -40 "$OUT/tests.txt"
 
@@ -79,8 +83,13 @@ if [ "${AK_SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null
   tail -5 "$OUT/memcheck.txt"
 fi
 
-step "attnkit bench --device cuda" timeout 400 "$PY" -m attnkit bench --device cuda --family fmha \
+step "attnkit bench --device cuda" timeout 300 "$PY" -m attnkit bench --device cuda --family fmha \
   --dtype bfloat16 --repeat 10 --no-progress --json "$OUT/bench.json" ${AK_BENCH_ARGS:-}
+if grep -q "tma-wgmma-pp" "$OUT/info.json"; then
+  step "attnkit bench --device cuda (ATTNKIT_CUDA_VARIANT=tma-wgmma-pp)" env ATTNKIT_CUDA_VARIANT=tma-wgmma-pp \
+    timeout 300 "$PY" -m attnkit bench --device cuda --family fmha --dtype bfloat16 --direction fwd \
+    --repeat 10 --no-progress --json "$OUT/bench_pp.json" ${AK_BENCH_ARGS:-}
+fi
 
 step "summary vs the issue's targets" "$PY" "$ROOT/scripts/gpu_summary.py" "$OUT" --commit "$COMMIT"
 stamp "done (status $status)"

@@ -48,11 +48,20 @@ def _built(direction: str):
 
 FWD = _built("fwd")
 BWD = _built("bwd")
-# The portable mma.sync forward (the sm_100a kernel) where this build also has it
-# for the GPU at hand: verified here through ATTNKIT_CUDA_VARIANT.
-MMA_FWD = {(dt, d) for dt, d in FWD
-           if any(re.match(rf"sm{ARCH} fwd {'bf16' if dt == 'bfloat16' else 'fp16'} hd{d} \(mma-sync\)", k)
-                  for k in _INFO.get("cuda_kernels", []))}
+# Forward variants this build has for this GPU beyond the default (the first
+# listed): "tma-wgmma-pp" (overlap + ping-pong) and "mma-sync" (the portable
+# kernel attnkit ships for sm_100a). Each is verified here through ATTNKIT_CUDA_VARIANT.
+def _variants(direction: str):
+    out = {}
+    for line in _INFO.get("cuda_kernels", []):
+        m = re.match(r"sm(\d+) (fwd|bwd) (bf16|fp16) hd(\d+) \(([\w-]+)\)", line)
+        if m and m.group(1) == ARCH and m.group(2) == direction:
+            dt = {"bf16": "bfloat16", "fp16": "float16"}[m.group(3)]
+            out.setdefault(m.group(5), set()).add((dt, int(m.group(4))))
+    return out
+
+
+FWD_VARIANTS = _variants("fwd")
 
 if not _INFO["cuda"]:
     pytest.skip("attnkit was built without CUDA (rebuild with ATTNKIT_CUDA=ON)", allow_module_level=True)
@@ -305,25 +314,28 @@ def test_merge_attentions_on_cuda():
     assert rel_err(out, ro) < TOL[dtype] and rel_err(lse, rl) < TOL[dtype]
 
 
-def _mma_params():
+def _variant_params():
     out = []
-    for dtype, d in sorted(MMA_FWD):
-        for s in SHAPES[1:6]:
-            for o in OPTIONS[:3]:
-                out.append(pytest.param(dtype, d, s, o, id=f"{dtype}-hd{d}-{_shape_id(s)}-{_opt_id(o)}"))
+    names = list(FWD_VARIANTS)
+    for variant in names[1:]:  # the default one is what every other test runs
+        for dtype, d in sorted(FWD_VARIANTS[variant]):
+            main = d in (64, 128)
+            for s in (SHAPES[1:6] if main else SHAPES[1:3]):
+                for o in (OPTIONS[:5] if main else OPTIONS[:2]):
+                    out.append(pytest.param(variant, dtype, d, s, o,
+                                            id=f"{variant}-{dtype}-hd{d}-{_shape_id(s)}-{_opt_id(o)}"))
     return out
 
 
-@pytest.mark.skipif(not MMA_FWD, reason="this build has no mma-sync forward for this GPU's arch")
-@pytest.mark.parametrize("dtype,D,shape,opt", _mma_params())
-def test_forward_portable_mma_kernel(monkeypatch, dtype, D, shape, opt):
-    """The portable kernel attnkit ships for sm_100a, run here on the GPU at hand."""
-    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", "mma-sync")
+@pytest.mark.skipif(len(FWD_VARIANTS) < 2, reason="this build has one forward variant for this GPU's arch")
+@pytest.mark.parametrize("variant,dtype,D,shape,opt", _variant_params())
+def test_forward_variant(monkeypatch, variant, dtype, D, shape, opt):
+    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", variant)
     test_forward(dtype, D, shape, opt)
 
 
-def test_portable_mma_kernel_varlen(monkeypatch):
-    if not MMA_FWD:
-        pytest.skip("this build has no mma-sync forward for this GPU's arch")
-    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", "mma-sync")
+@pytest.mark.parametrize("variant", list(FWD_VARIANTS)[1:])
+def test_forward_variant_varlen_and_empty_rows(monkeypatch, variant):
+    monkeypatch.setenv("ATTNKIT_CUDA_VARIANT", variant)
     test_varlen(True)
+    test_rows_that_see_nothing()

@@ -23,7 +23,7 @@
 
 namespace attnkit::cuda::sm90 {
 
-template <class Element_, int kHeadDim_, int kBlockN_, int kStages_>
+template <class Element_, int kHeadDim_, int kBlockN_, int kStages_, bool kPingPong_ = false>
 struct FwdKernel {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
@@ -32,6 +32,8 @@ struct FwdKernel {
   static constexpr int kStages = kStages_;
   static constexpr int kThreads = 384;
   static constexpr int kRowsPerWg = 64;
+  static constexpr bool kPingPong = kPingPong_;
+  static constexpr int kBarTurn = 4;  // named barriers 4, 5: the warpgroups' turns
 
   using D = Int<kHeadDim>;
   using BN = Int<kBlockN>;
@@ -133,6 +135,59 @@ struct FwdKernel {
     return dim3(unsigned((p.seqlen_q + kBlockM - 1) / kBlockM), unsigned(p.heads_q), unsigned(p.batch));
   }
 
+  // Scores in log2 units (scale * log2(e) applied before the max, so any sign of
+  // scale is handled), the element mask on the schedule's boundary tiles only,
+  // then the online-softmax update: new running max, alpha = exp2(old - new)
+  // per row, P = exp2(S - max) in place, row sums rescaled and accumulated. The
+  // caller rescales O by alpha once no WGMMA writes it.
+  template <class AccS, class Coords, int R>
+  CUTE_DEVICE static void softmax_step(AccS& acc_s, Coords const& cS_rc, SeqSchedule const& sched, int q0,
+                                       int k0, float sl2, float (&row_max)[R], float (&row_sum)[R],
+                                       float (&alpha)[R]) {
+    Tensor s = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
+    CUTE_UNROLL
+    for (int j = 0; j < size(acc_s); ++j) acc_s(j) *= sl2;
+    if (!sched.tile_is_full(q0, q0 + kRowsPerWg, k0, k0 + kBlockN)) {
+      CUTE_UNROLL
+      for (int r = 0; r < size<0>(s); ++r) {
+        const int qi = q0 + get<0>(cS_rc(r, 0));
+        const int lo = sched.lo(qi), hi = sched.hi(qi);
+        CUTE_UNROLL
+        for (int c = 0; c < size<1>(s); ++c) {
+          const int kj = k0 + get<1>(cS_rc(r, c));
+          if (kj < lo || kj >= hi) s(r, c) = -INFINITY;
+        }
+      }
+    }
+    // Rows that have seen nothing keep max -inf and P = 0.
+    CUTE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      float mx = row_max[r];
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(s); ++c) mx = fmaxf(mx, s(r, c));
+      mx = quad_max(mx);
+      const float base = mx == -INFINITY ? 0.f : mx;
+      alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first hit
+      row_max[r] = mx;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(s); ++c) {
+        const float e = fast_exp2(s(r, c) - base);
+        s(r, c) = e;
+        sum += e;
+      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
+    }
+  }
+  template <class AccORowCol, int R>
+  CUTE_DEVICE static void rescale_o(AccORowCol& o, const float (&alpha)[R]) {
+    CUTE_UNROLL
+    for (int r = 0; r < R; ++r) {
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(o); ++c) o(r, c) *= alpha[r];
+    }
+  }
+
   CUTE_DEVICE static void run(Params const& p, char* smem_raw);
 };
 
@@ -142,8 +197,8 @@ __global__ void __launch_bounds__(K::kThreads, 1) fmha_fwd_kernel(CUTE_GRID_CONS
   K::run(p, smem);
 }
 
-template <class Element, int kHeadDim, int kBlockN, int kStages>
-CUTE_DEVICE void FwdKernel<Element, kHeadDim, kBlockN, kStages>::run(Params const& p, char* smem_raw) {
+template <class Element, int kHeadDim, int kBlockN, int kStages, bool kPingPong_>
+CUTE_DEVICE void FwdKernel<Element, kHeadDim, kBlockN, kStages, kPingPong_>::run(Params const& p, char* smem_raw) {
 #if defined(AK_SM90_ENABLED)
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
 
@@ -262,57 +317,75 @@ CUTE_DEVICE void FwdKernel<Element, kHeadDim, kBlockN, kStages>::run(Params cons
   cutlass::arch::ClusterTransactionBarrier::wait(&smem.bar_q, q_phase);
 
   PipelineState rk, rv;
-  for (int i = 0; i < n_tiles; ++i) {
-    const int n = kv.end - 1 - i;
-    const int k0 = n * kBlockN;
+  float alpha[kRows];
+  if constexpr (!kPingPong) {
+    // One tile at a time: S = Q K^T, softmax, O += P V. The two consumer
+    // warpgroups interleave freely on the tensor cores.
+    for (int i = 0; i < n_tiles; ++i) {
+      const int k0 = (kv.end - 1 - i) * kBlockN;
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<_64, BN>{});
+      pipe_k.consumer_wait(rk);
+      wgmma(mma_qk, tSrQ, tSrK(_, _, _, rk.index()), acc_s, true);
+      warpgroup_wait<0>();
+      fence_operands(acc_s);
+      pipe_k.consumer_release(rk);
+      ++rk;
+      softmax_step(acc_s, cS_rc, sched, q0, k0, sl2, row_max, row_sum, alpha);
+      rescale_o(acc_o_rc, alpha);
+      Tensor p_regs = convert_fragment<Element>(acc_s);
+      Tensor p_a = make_tensor(p_regs.data(), acc_as_a_operand(p_regs.layout()));
+      pipe_v.consumer_wait(rv);
+      warpgroup_fence_operand(p_a);
+      wgmma(mma_pv, p_a, tOrV(_, _, _, rv.index()), acc_o, false);
+      warpgroup_wait<0>();
+      fence_operands(acc_o, p_a);
+      pipe_v.consumer_release(rv);
+      ++rv;
+    }
+  } else if (n_tiles > 0) {
+    // FlashAttention-3's schedule: within a warpgroup, the softmax of tile i runs
+    // while O += P_{i-1} V_{i-1} is on the tensor cores (S_i and P_{i-1} live
+    // at once); across the two warpgroups, named barriers hand the tensor cores
+    // over in turn (ping-pong), so one's softmax overlaps the other's WGMMAs.
+    // Each warpgroup waits for its turn (barrier kBarTurn + cw) once per tile
+    // and passes the turn on (arrive at the other's) after issuing its WGMMAs;
+    // warpgroup 1 grants warpgroup 0 the first turn and skips its last hand-over,
+    // so arrivals and waits pair up exactly.
+    if (cw == 1) named_arrive(kBarTurn, 256);
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<_64, BN>{});
+    Tensor p_regs = make_tensor<Element>(acc_s.layout());
+    Tensor p_a = make_tensor(p_regs.data(), acc_as_a_operand(p_regs.layout()));
     pipe_k.consumer_wait(rk);
+    named_sync(kBarTurn + cw, 256);  // my turn
     wgmma(mma_qk, tSrQ, tSrK(_, _, _, rk.index()), acc_s, true);
+    if (!(cw == 1 && n_tiles == 1)) named_arrive(kBarTurn + 1 - cw, 256);  // pass the turn
     warpgroup_wait<0>();
     fence_operands(acc_s);
     pipe_k.consumer_release(rk);
     ++rk;
-
-    // Scores in log2 units (scale * log2(e) applied before the max, so any sign of
-    // scale is handled), masked to -inf outside the window on boundary tiles only.
-    Tensor s = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
-    CUTE_UNROLL
-    for (int j = 0; j < size(acc_s); ++j) acc_s(j) *= sl2;
-    if (!sched.tile_is_full(q0, q0 + kRowsPerWg, k0, k0 + kBlockN)) {
-      CUTE_UNROLL
-      for (int r = 0; r < size<0>(s); ++r) {
-        const int qi = q0 + get<0>(cS_rc(r, 0));
-        const int lo = sched.lo(qi), hi = sched.hi(qi);
-        CUTE_UNROLL
-        for (int c = 0; c < size<1>(s); ++c) {
-          const int kj = k0 + get<1>(cS_rc(r, c));
-          if (kj < lo || kj >= hi) s(r, c) = -INFINITY;
-        }
-      }
+    softmax_step(acc_s, cS_rc, sched, q0, (kv.end - 1) * kBlockN, sl2, row_max, row_sum, alpha);  // O is still 0: no rescale
+    convert_into(acc_s, p_regs);
+    for (int i = 1; i < n_tiles; ++i) {
+      const int k0 = (kv.end - 1 - i) * kBlockN;
+      pipe_k.consumer_wait(rk);
+      pipe_v.consumer_wait(rv);
+      named_sync(kBarTurn + cw, 256);  // my turn
+      wgmma(mma_qk, tSrQ, tSrK(_, _, _, rk.index()), acc_s, true);
+      warpgroup_fence_operand(p_a);
+      wgmma(mma_pv, p_a, tOrV(_, _, _, rv.index()), acc_o, false);
+      if (!(cw == 1 && i == n_tiles - 1)) named_arrive(kBarTurn + 1 - cw, 256);  // pass the turn
+      warpgroup_wait<1>();  // S_i is ready; O += P_{i-1} V_{i-1} may still run
+      fence_operands(acc_s);
+      pipe_k.consumer_release(rk);
+      ++rk;
+      softmax_step(acc_s, cS_rc, sched, q0, k0, sl2, row_max, row_sum, alpha);
+      warpgroup_wait<0>();
+      fence_operands(acc_o, p_a);
+      pipe_v.consumer_release(rv);
+      ++rv;
+      rescale_o(acc_o_rc, alpha);
+      convert_into(acc_s, p_regs);
     }
-    // Online softmax; rows that have seen nothing keep max -inf and P = 0.
-    CUTE_UNROLL
-    for (int r = 0; r < size<0>(s); ++r) {
-      float mx = row_max[r];
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(s); ++c) mx = fmaxf(mx, s(r, c));
-      mx = quad_max(mx);
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first hit
-      row_max[r] = mx;
-      float sum = 0.f;
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(s); ++c) {
-        const float e = fast_exp2(s(r, c) - base);
-        s(r, c) = e;
-        sum += e;
-      }
-      row_sum[r] = row_sum[r] * alpha + sum;
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(acc_o_rc); ++c) acc_o_rc(r, c) *= alpha;
-    }
-    Tensor p_regs = convert_fragment<Element>(acc_s);
-    Tensor p_a = make_tensor(p_regs.data(), acc_as_a_operand(p_regs.layout()));
     pipe_v.consumer_wait(rv);
     warpgroup_fence_operand(p_a);
     wgmma(mma_pv, p_a, tOrV(_, _, _, rv.index()), acc_o, false);

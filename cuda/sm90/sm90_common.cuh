@@ -102,6 +102,18 @@ CUTE_DEVICE auto convert_fragment(Tensor const& t) {
   return out;
 }
 
+// fp32 fragment -> an existing Element fragment of the same size.
+template <class From, class To>
+CUTE_DEVICE void convert_into(From const& src, To& dst) {
+  using S = typename From::value_type;
+  using T = typename To::value_type;
+  constexpr int N = decltype(size(src))::value;
+  static_assert(N == decltype(size(dst))::value);
+  cutlass::NumericArrayConverter<T, S, N, cutlass::FloatRoundStyle::round_to_nearest> conv;
+  *reinterpret_cast<cutlass::Array<T, N>*>(dst.data()) =
+      conv(*reinterpret_cast<const cutlass::Array<S, N>*>(src.data()));
+}
+
 CUTE_DEVICE float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -147,6 +159,10 @@ CUTE_DEVICE void fence_operands(Ts&... ts) {
 // Named barriers: id 0 is __syncthreads; ids from 1 are ours.
 CUTE_DEVICE void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+CUTE_DEVICE void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Shared memory written by ordinary stores, read next by WGMMA or the bulk copy
