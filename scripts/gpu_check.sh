@@ -26,7 +26,10 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 LOG="$OUT/log.txt"
-exec > >(tee "$LOG") 2>&1
+if [ -z "${AK_GPU_CHECK_LOGGED:-}" ]; then  # re-run under tee; the pipeline waits for tee to flush
+  AK_GPU_CHECK_LOGGED=1 bash "$ROOT/scripts/gpu_check.sh" "$OUT" 2>&1 | tee "$LOG"
+  exit "${PIPESTATUS[0]}"
+fi
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 start=$(date +%s)
@@ -60,7 +63,7 @@ fi
 export ATTNKIT_CUDA=ON ATTNKIT_CUDA_ARCHS=${AK_ARCHS:-90a} ATTNKIT_KERNELS=${ATTNKIT_KERNELS:-all}
 export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 step "build + install (ATTNKIT_CUDA_ARCHS=$ATTNKIT_CUDA_ARCHS ATTNKIT_KERNELS=$ATTNKIT_KERNELS, $(nproc) jobs)" \
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -Ccmake.define.ATTNKIT_CUDA_VERBOSE=ON \
+  "$PY" -m pip install -v --no-index --no-deps --no-build-isolation -Ccmake.define.ATTNKIT_CUDA_VERBOSE=ON \
   -Cbuild.verbose=true "$ROOT" > "$OUT/build.txt" 2>&1 || { tail -50 "$OUT/build.txt"; exit 1; }
 echo "ptxas: kernels with spills:"; grep -E "spill" "$OUT/build.txt" | grep -v " 0 bytes spill stores" | sort | uniq -c || true
 stamp "built in $(( $(date +%s) - start ))s"

@@ -221,6 +221,23 @@ def test_rows_that_see_nothing():
         assert (dq[:, :70] == 0).all()
 
 
+def test_empty_key_or_query_sets():
+    dtype, D = _pick()
+    g = torch.Generator().manual_seed(8)
+    q, k, v = _rand(g, (2, 5, 2, D), dtype), _rand(g, (2, 0, 2, D), dtype), _rand(g, (2, 0, 2, D), dtype)
+    out, lse = attnkit.attention(q, k, v, return_lse=True)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+    if (dtype, D) in BWD:
+        dq, dk, dv = attnkit.attention_backward(torch.ones_like(out), q, k, v, out, lse)
+        assert (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape
+        # no queries: dk = dv = 0
+        q0 = _rand(g, (2, 0, 2, D), dtype)
+        k5, v5 = _rand(g, (2, 5, 2, D), dtype), _rand(g, (2, 5, 2, D), dtype)
+        o0, l0 = attnkit.attention(q0, k5, v5, return_lse=True)
+        dq0, dk0, dv0 = attnkit.attention_backward(o0, q0, k5, v5, o0, l0)
+        assert dq0.shape == q0.shape and (dk0 == 0).all() and (dv0 == 0).all()
+
+
 def test_against_cpu_oracle():
     """A size the float64 reference is slow for: the CPU backend on the same inputs."""
     dtype, D = _pick()

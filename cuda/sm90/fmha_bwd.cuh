@@ -131,7 +131,7 @@ struct BwdKernel {
     return make_tensor(make_gmem_ptr(static_cast<Element const*>(data)),
                        make_layout(make_shape(tokens, kHeadDim, heads, batch),
                                    make_stride(o.token_stride, _1{}, o.head_stride,
-                                               batch > 1 ? o.batch_stride : int64_t(0))));
+                                               batch > 1 ? o.batch_stride : unused_batch_stride(o, tokens, heads))));
   }
 
   static Params make_params(const FmhaBackwardProblem& bp, void* ws) {
@@ -142,11 +142,21 @@ struct BwdKernel {
     const int nb = varlen ? 1 : int(p.batch);
     k.shape_q = make_shape(tq, kHeadDim, int(p.heads_q), nb);
     k.shape_k = make_shape(tk, kHeadDim, int(p.heads_kv), nb);
-    k.tma_k = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.k.data, p.k, tk, int(p.heads_kv), nb), SmemLayoutKV{});
-    k.tma_v = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.v.data, p.v, tk, int(p.heads_kv), nb), SmemLayoutKV{});
-    k.tma_q = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.q.data, p.q, tq, int(p.heads_q), nb),
+    // An empty operand cannot be described by a TMA descriptor; where one side is
+    // empty no CTA reads it, and the other side's memory stands in.
+    const bool no_keys = tk == 0;
+    k.tma_k = make_tma_copy(SM90_TMA_LOAD{}, no_keys ? global_tensor(p.q.data, p.q, tq, int(p.heads_q), nb)
+                                                     : global_tensor(p.k.data, p.k, tk, int(p.heads_kv), nb),
+                            SmemLayoutKV{});
+    k.tma_v = make_tma_copy(SM90_TMA_LOAD{}, no_keys ? global_tensor(p.q.data, p.q, tq, int(p.heads_q), nb)
+                                                     : global_tensor(p.v.data, p.v, tk, int(p.heads_kv), nb),
+                            SmemLayoutKV{});
+    const bool no_queries = tq == 0;
+    k.tma_q = make_tma_copy(SM90_TMA_LOAD{}, no_queries ? global_tensor(p.k.data, p.k, tk, int(p.heads_kv), nb)
+                                                        : global_tensor(p.q.data, p.q, tq, int(p.heads_q), nb),
                             take<0, 2>(SmemLayoutQ{}));
-    k.tma_do = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(bp.dout.data, bp.dout, tq, int(p.heads_q), nb),
+    k.tma_do = make_tma_copy(SM90_TMA_LOAD{}, no_queries ? global_tensor(p.k.data, p.k, tk, int(p.heads_kv), nb)
+                                                         : global_tensor(bp.dout.data, bp.dout, tq, int(p.heads_q), nb),
                              take<0, 2>(SmemLayoutQ{}));
     k.dk = static_cast<Element*>(bp.dk.data);
     k.dv = static_cast<Element*>(bp.dv.data);
@@ -556,10 +566,15 @@ void launch_bwd(const FmhaBackwardProblem& bp, void* ws, void* stream_) {
   cudaStream_t stream = static_cast<cudaStream_t>(stream_);
   static std::atomic<unsigned long long> configured{0};  // one bit per device
   set_smem_limit_once(fmha_bwd_kernel<K>, K::kSmemBytes, configured, "attention_backward");
+  const bool has_keys = (p.varlen() ? p.total_k : p.seqlen_k) > 0;
+  const int64_t q_tiles = (p.varlen() ? p.total_q : p.seqlen_q) > 0 ? K::num_q_tiles(p) : 0;
+  if (!has_keys && q_tiles == 0) return;  // every gradient is empty
+  // No keys: dq = 0 from the zeroed accumulator (dk, dv are empty); no queries:
+  // the main kernel writes dk = dv = 0.
   const typename K::Params params = K::make_params(bp, ws);
-  const int64_t q_tiles = K::num_q_tiles(p);
   const int64_t rows = q_tiles * p.heads_q * K::kBlockM;
-  if (cudaMemsetAsync(params.ws.dq_accum, 0, size_t(rows) * K::kHeadDim * sizeof(float), stream) != cudaSuccess)
+  if (q_tiles > 0 &&
+      cudaMemsetAsync(params.ws.dq_accum, 0, size_t(rows) * K::kHeadDim * sizeof(float), stream) != cudaSuccess)
     check_launch("attention_backward (dq_accum reset)");
 
   BwdPreParams pre{};
@@ -579,11 +594,14 @@ void launch_bwd(const FmhaBackwardProblem& bp, void* ws, void* stream_) {
   pre.q_tiles_per_seq = params.q_tiles_per_seq;
   pre.head_dim = K::kHeadDim;
   const dim3 tiles_grid(unsigned(q_tiles), unsigned(p.heads_q));
-  fmha_bwd_preprocess_kernel<Element><<<tiles_grid, 256, 0, stream>>>(pre);
-  check_launch("attention_backward (sm90 preprocess)");
-
-  fmha_bwd_kernel<K><<<K::grid(p), K::kThreads, K::kSmemBytes, stream>>>(params);
-  check_launch("attention_backward (sm90 main)");
+  if (q_tiles > 0) {
+    fmha_bwd_preprocess_kernel<Element><<<tiles_grid, 256, 0, stream>>>(pre);
+    check_launch("attention_backward (sm90 preprocess)");
+  }
+  if (has_keys) {  // a grid of zero CTAs is a launch error
+    fmha_bwd_kernel<K><<<K::grid(p), K::kThreads, K::kSmemBytes, stream>>>(params);
+    check_launch("attention_backward (sm90 main)");
+  }
 
   BwdConvertParams cv{};
   cv.dq_accum = params.ws.dq_accum;
@@ -595,8 +613,10 @@ void launch_bwd(const FmhaBackwardProblem& bp, void* ws, void* stream_) {
   cv.heads_q = int(p.heads_q);
   cv.q_tiles_per_seq = params.q_tiles_per_seq;
   cv.scale = p.scale;
-  fmha_bwd_convert_kernel<K><<<tiles_grid, 128, 0, stream>>>(cv);
-  check_launch("attention_backward (sm90 dq convert)");
+  if (q_tiles > 0) {
+    fmha_bwd_convert_kernel<K><<<tiles_grid, 128, 0, stream>>>(cv);
+    check_launch("attention_backward (sm90 dq convert)");
+  }
 }
 
 }  // namespace attnkit::cuda::sm90

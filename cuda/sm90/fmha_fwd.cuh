@@ -92,7 +92,7 @@ struct FwdKernel {
     return make_tensor(make_gmem_ptr(static_cast<Element const*>(o.data)),
                        make_layout(make_shape(tokens, kHeadDim, heads, batch),
                                    make_stride(o.token_stride, _1{}, o.head_stride,
-                                               batch > 1 ? o.batch_stride : int64_t(0))));
+                                               batch > 1 ? o.batch_stride : unused_batch_stride(o, tokens, heads))));
   }
 
   static Params make_params(const FmhaProblem& p) {
@@ -103,9 +103,14 @@ struct FwdKernel {
     k.shape_q = make_shape(tq, kHeadDim, int(p.heads_q), nb);
     k.shape_k = make_shape(tk, kHeadDim, int(p.heads_kv), nb);
     k.tma_q = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.q, tq, int(p.heads_q), nb), SmemLayoutQ{});
-    k.tma_k = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.k, tk, int(p.heads_kv), nb),
+    // No keys at all: no CTA loads K or V, but TMA descriptors cannot describe an
+    // empty tensor, so Q's memory stands in (never read through them).
+    const bool no_keys = tk == 0;
+    k.tma_k = make_tma_copy(SM90_TMA_LOAD{}, no_keys ? global_tensor(p.q, tq, int(p.heads_q), nb)
+                                                     : global_tensor(p.k, tk, int(p.heads_kv), nb),
                             take<0, 2>(SmemLayoutKV{}));
-    k.tma_v = make_tma_copy(SM90_TMA_LOAD{}, global_tensor(p.v, tk, int(p.heads_kv), nb),
+    k.tma_v = make_tma_copy(SM90_TMA_LOAD{}, no_keys ? global_tensor(p.q, tq, int(p.heads_q), nb)
+                                                     : global_tensor(p.v, tk, int(p.heads_kv), nb),
                             take<0, 2>(SmemLayoutKV{}));
     k.out = static_cast<Element*>(p.out.data);
     k.o_bs = p.out.batch_stride;

@@ -18,6 +18,7 @@
 
 #include "attnkit/error.hpp"
 #include "../common/schedule.hpp"
+#include "problem.hpp"
 
 // WGMMA and setmaxnreg exist only in the arch-specific sm_90a target; kernels
 // compiled for anything else become empty stubs (the host never launches them).
@@ -184,6 +185,14 @@ CUTE_DEVICE void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: 
 // Waits until the issuing thread's bulk groups have read their shared memory.
 CUTE_DEVICE void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 CUTE_DEVICE void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+
+// The batch stride TMA is given for a batch of one (varlen's packed tensors
+// have none): any non-zero multiple of 16 bytes does, as the coordinate is
+// always 0; a runtime 0 would reach cuTensorMapEncodeTiled as a zero stride.
+inline int64_t unused_batch_stride(const Operand& o, int64_t tokens, int64_t heads) {
+  const int64_t s = tokens * o.token_stride + heads * o.head_stride;
+  return s > 0 ? s : 8;
+}
 
 // Host side: a launch error becomes attnkit::Error (launches never synchronise).
 inline void check_launch(const char* what) {
