@@ -139,7 +139,7 @@ def plan(archs: List[str], kernel_set: str) -> Tuple[List[Kernel], List[str]]:
             for d in MMA_FWD_DIMS:
                 for dt in DTYPES:
                     kernels.append(Kernel("100", "fwd", dt, d, "mma-sync"))
-            notes.append("sm_100a: forward only, on the portable mma.sync kernel (not tcgen05/TMEM); "
+            notes.append("sm_100a: forward only, on the portable mma.sync kernel (not tcgen05/TMEM), "
                          "no sm_100a backward yet (see docs/cuda.md)")
         else:
             notes.append(f"arch {a}: attnkit has no kernels for it (supported: 90a, 100a)")
