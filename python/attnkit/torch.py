@@ -14,8 +14,9 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_block_sparse import block_sparse_attention
 
-__all__ = ["attention", "merge_attentions"]
+__all__ = ["attention", "merge_attentions", "block_sparse_attention"]
 
 
 def _stream(t: Tensor) -> int:

@@ -74,3 +74,6 @@ BuildInfo build_info();
 void set_cpu_isa(const std::string& name);
 
 }  // namespace attnkit
+
+// Family headers (each includes this file for the shared types).
+#include "attnkit/block_sparse.hpp"

@@ -1,0 +1,196 @@
+// attnkit CPU backend: the block-sparse tile schedule (DESIGN §2.3, §3).
+//
+// The engine walks 64-row query tiles (kQ); the mask is given in q blocks of any
+// size. At construction the schedule turns the mask into, per (mask row list,
+// q tile), the sorted union of the kv blocks listed for the q blocks the tile
+// covers, with a 64-bit row mask per kv block (bit i: row i of the tile belongs
+// to a q block that lists it). Consecutive kv blocks merge into one key range,
+// so dense stretches run as long score tiles. A range is `full` -- the engine's
+// unmasked fast path -- when every valid row of the tile sees all of its keys:
+// always the case when the tile lies inside one q block (q_block a multiple of
+// 64, or 64 itself) and is_causal does not cut the range. Only the other ranges
+// evaluate mask(), from the stored row masks and the causal bound; no token x
+// token mask exists anywhere. Memory: O(listed blocks x tiles per q block).
+//
+// Both engine directions are query-major, so the backward reuses these kv lists
+// as they are: no transposed (q-major) lists are needed on the CPU (see
+// docs/block_sparse.md).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../block_sparse_problem.hpp"
+#include "engine.hpp"
+#include "parallel.hpp"
+
+namespace attnkit::cpu {
+
+class BlockSparseSchedule {
+  static_assert(kQ <= 64, "row masks are 64-bit: one bit per query row of a tile");
+
+ public:
+  // A run of consecutive listed kv blocks of one q tile, as a key range.
+  struct Range {
+    int64_t k0 = 0, k1 = 0;   // keys [k0, k1); k0 is a kv block boundary
+    int64_t first_rows = 0;   // non-full ranges: row mask of its first block in Tile::rows
+    bool full = false;        // no element of the tile x range is masked
+  };
+  struct Tile {
+    std::vector<Range> ranges;
+    std::vector<uint64_t> rows;  // row masks, one per kv block of each non-full range
+  };
+
+  BlockSparseSchedule(const BlockSparseProblem& p, int threads) : p_(p) {
+    const FmhaProblem& a = p.attn;
+    group_ = a.heads_q / a.heads_kv;
+    n_tiles_ = (a.seqlen_q + kQ - 1) / kQ;
+    offset_ = a.seqlen_k - a.seqlen_q;
+    const int64_t n_lists = p.mask_batch * p.mask_heads;
+    tiles_.resize(static_cast<size_t>(n_lists * n_tiles_));
+    const int nt = resolve_threads(threads);
+    // Per-thread scratch: row-mask accumulators indexed by kv block, and the
+    // list of blocks touched by the current tile.
+    std::vector<uint64_t> acc(static_cast<size_t>(nt * p.num_kv_blocks), 0);
+    std::vector<std::vector<int32_t>> touched(static_cast<size_t>(nt));
+    parallel_for(n_lists * n_tiles_, nt, [&](int64_t it) {
+      const int th = thread_index();
+      build_tile(it / n_tiles_, it % n_tiles_, acc.data() + th * p_.num_kv_blocks, touched[th],
+                 tiles_[static_cast<size_t>(it)]);
+    });
+  }
+
+  int64_t num_problems() const { return p_.attn.batch * p_.attn.heads_q; }
+  int64_t num_kv_problems() const { return p_.attn.batch * p_.attn.heads_kv; }
+
+  ProblemRef problem(int64_t idx) const {
+    ProblemRef r;
+    r.b = idx / p_.attn.heads_q;
+    r.hq = idx % p_.attn.heads_q;
+    r.hkv = r.hq / group_;
+    r.kvp = r.b * p_.attn.heads_kv + r.hkv;
+    r.n_q_tiles = n_tiles_;
+    const int64_t list = p_.mask_b(r.b) * p_.mask_heads + p_.mask_h(r.hq);
+    r.aux[0] = list * n_tiles_;  // first tile of this problem's mask rows
+    return r;
+  }
+
+  KvProblemRef kv_problem(int64_t kp) const {
+    KvProblemRef r;
+    r.b = kp / p_.attn.heads_kv;
+    r.hkv = kp % p_.attn.heads_kv;
+    r.nk = p_.attn.seqlen_k;
+    return r;
+  }
+
+  int64_t kv_token(const KvProblemRef&, int64_t idx) const { return idx; }
+
+  template <class F>
+  void for_each_problem_of_kv(int64_t kp, F&& f) const {
+    const int64_t b = kp / p_.attn.heads_kv, hkv = kp % p_.attn.heads_kv;
+    for (int64_t g = 0; g < group_; ++g) f(b * p_.attn.heads_q + hkv * group_ + g);
+  }
+
+  int q_tile(const ProblemRef&, int64_t t, int64_t* tok) const {
+    const int64_t q0 = t * kQ;
+    const int n = static_cast<int>(std::min<int64_t>(kQ, p_.attn.seqlen_q - q0));
+    for (int i = 0; i < n; ++i) tok[i] = q0 + i;
+    return n;
+  }
+
+  template <class F>
+  void for_each_kv_tile(const ProblemRef& r, int64_t t, F&& f) const {
+    for (const Range& g : tile(r, t).ranges) f(g.k0, g.k1, g.full);
+  }
+
+  // S^T[j][i] = -inf where row i of tile t may not see key k0 + j: its q block
+  // does not list the key's kv block, or is_causal hides the key.
+  void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S) const {
+    const Tile& T = tile(r, t);
+    // The range holding k0 (score tiles never straddle ranges): last with start <= k0.
+    const auto it = std::upper_bound(T.ranges.begin(), T.ranges.end(), k0,
+                                     [](int64_t x, const Range& g) { return x < g.k0; });
+    const Range& g = *(it - 1);
+    const int64_t kvb = p_.kv_block, kb_first = g.k0 / kvb;
+    const uint64_t* rows = T.rows.data() + g.first_rows;
+    const bool causal = p_.attn.is_causal;
+    const int64_t row0 = t * kQ;
+    for (int64_t j = 0; j < nk; ++j) {
+      const int64_t key = k0 + j;
+      const uint64_t bits = rows[key / kvb - kb_first];
+      // Causal: row i sees the key iff row0 + i + (Sk - Sq) >= key.
+      const int64_t first_row = causal ? key - offset_ - row0 : 0;
+      if (bits == ~uint64_t(0) && first_row <= 0) continue;
+      float* s = S + j * kQ;
+      for (int i = 0; i < kQ; ++i)
+        if (i < first_row || !((bits >> i) & 1u)) s[i] = -INFINITY;
+    }
+  }
+
+ private:
+  const Tile& tile(const ProblemRef& r, int64_t t) const {
+    return tiles_[static_cast<size_t>(r.aux[0] + t)];
+  }
+
+  // Rows [a, e) of a tile as bits.
+  static uint64_t row_bits(int64_t a, int64_t e) {
+    const uint64_t upto_e = e >= 64 ? ~uint64_t(0) : (uint64_t(1) << e) - 1;
+    const uint64_t below_a = a >= 64 ? ~uint64_t(0) : (uint64_t(1) << a) - 1;
+    return upto_e & ~below_a;
+  }
+
+  void build_tile(int64_t list, int64_t t, uint64_t* acc, std::vector<int32_t>& touched,
+                  Tile& T) const {
+    const FmhaProblem& a = p_.attn;
+    const int64_t mb = list / p_.mask_heads, mh = list % p_.mask_heads;
+    const int64_t r0 = t * kQ, r1 = std::min(a.seqlen_q, r0 + kQ);
+    const uint64_t valid = row_bits(0, r1 - r0);
+    const int64_t qblk = p_.q_block, kvb = p_.kv_block;
+    touched.clear();
+    for (int64_t qb = r0 / qblk; qb <= (r1 - 1) / qblk; ++qb) {
+      const uint64_t bits =
+          row_bits(std::max(r0, qb * qblk) - r0, std::min(r1, (qb + 1) * qblk) - r0);
+      const int64_t c = p_.count(mb, mh, qb);
+      for (int64_t n = 0; n < c; ++n) {
+        const int32_t kb = p_.index(mb, mh, qb, n);
+        if (!acc[kb]) touched.push_back(kb);
+        acc[kb] |= bits;
+      }
+    }
+    std::sort(touched.begin(), touched.end());
+    // Causal (bottom-right): keys below all_hi are seen by every row of the tile,
+    // keys at or above any_hi by none.
+    const int64_t all_hi = r0 + offset_ + 1, any_hi = r1 + offset_;
+    for (const int32_t kb : touched) {
+      const uint64_t rows = acc[kb];
+      acc[kb] = 0;
+      const int64_t k0 = int64_t(kb) * kvb;
+      int64_t k1 = std::min(a.seqlen_k, k0 + kvb);
+      bool full = rows == valid;
+      if (a.is_causal) {
+        k1 = std::min(k1, any_hi);
+        if (k1 <= k0) continue;
+        full = full && k1 <= all_hi;
+      }
+      if (!T.ranges.empty() && T.ranges.back().k1 == k0 && T.ranges.back().full == full) {
+        T.ranges.back().k1 = k1;
+      } else {
+        Range g;
+        g.k0 = k0;
+        g.k1 = k1;
+        g.first_rows = static_cast<int64_t>(T.rows.size());
+        g.full = full;
+        T.ranges.push_back(g);
+      }
+      if (!full) T.rows.push_back(rows);
+    }
+  }
+
+  BlockSparseProblem p_;
+  int64_t group_ = 1, n_tiles_ = 0, offset_ = 0;
+  std::vector<Tile> tiles_;  // [mask batch x mask head][q tile]
+};
+
+}  // namespace attnkit::cpu
