@@ -144,6 +144,8 @@ def test_flex_round_trip_and_same_result(qb, kvb, S, Sk):
     fm = bm.to_flex()
     assert isinstance(fm, flex.BlockMask)
     assert tuple(fm.BLOCK_SIZE) == (qb, kvb) and tuple(fm.seq_lengths) == (S, Sk)
+    # Without a mask_mod the listed blocks are FlexAttention full blocks.
+    assert torch.equal(fm.full_kv_num_blocks, bm.kv_num_blocks) and int(fm.kv_num_blocks.sum()) == 0
     back = attnkit.BlockMask.from_flex(fm)
     assert back.q_block == qb and back.kv_block == kvb and back.seq_lengths == (S, Sk)
     assert torch.equal(back.to_dense(), bm.to_dense())
@@ -200,3 +202,16 @@ def test_from_flex_with_a_mask_mod():
         attnkit.BlockMask.from_flex(fm, partial="maybe")
     with pytest.raises(TypeError, match="expected a torch.nn.attention.flex_attention.BlockMask"):
         attnkit.BlockMask.from_flex(object())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qb,kvb", [(64, 64), (32, 128)])
+def test_flex_compiled_matches(qb, kvb):
+    # The compiled kernels use the block lists (the eager path only the mask_mod).
+    S, Sk, H, D = 320, 300, 2, 32
+    q, k, v = (x.detach() for x in inputs(1, S, Sk, H, H, D, D, torch.float32))
+    bm = torch_mask((1, H, cdiv(S, qb), cdiv(Sk, kvb)), 0.4, qb, kvb, seq_lengths=(S, Sk))
+    fa = torch.compile(flex.flex_attention, dynamic=False)
+    theirs = fa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                block_mask=bm.to_flex()).transpose(1, 2)
+    assert rel_err(attnkit.block_sparse_attention(q, k, v, bm), theirs) < 1e-5

@@ -281,9 +281,10 @@ class BlockMask:
 
     def to_flex(self, mask_mod: Any = None, *, num_heads: Optional[int] = None) -> Any:
         """As a ``torch.nn.attention.flex_attention.BlockMask`` (same block sizes,
-        ``seq_lengths`` from this mask, or the whole blocks). ``mask_mod``
-        (optional) is applied inside every listed block, e.g. a causal mask_mod
-        for ``is_causal=True``. FlexAttention knows no kv-head masks: give
+        ``seq_lengths`` from this mask, or the whole blocks). Without ``mask_mod``
+        the listed blocks become FlexAttention *full* blocks; with one (e.g. a
+        causal mask_mod, to match ``is_causal=True``) they are partial blocks
+        that FlexAttention masks element-wise. FlexAttention knows no kv-head masks: give
         ``num_heads`` (the number of query heads) to expand a mask whose head
         axis counts key/value heads."""
         import torch
@@ -301,9 +302,16 @@ class BlockMask:
         idx = np.argsort(~dense, axis=-1, kind="stable").astype(np.int32)
         dev = self.kv_num_blocks.device if _is_torch(self.kv_num_blocks) else "cpu"
         sq, sk = self.seq_lengths or (dense.shape[2] * self.q_block, dense.shape[3] * self.kv_block)
-        return FlexBlockMask.from_kv_blocks(
-            torch.from_numpy(cnt).to(dev), torch.from_numpy(idx).to(dev),
-            BLOCK_SIZE=(self.q_block, self.kv_block), mask_mod=mask_mod, seq_lengths=(sq, sk))
+        cnt_t, idx_t = torch.from_numpy(cnt).to(dev), torch.from_numpy(idx).to(dev)
+        kw = dict(BLOCK_SIZE=(self.q_block, self.kv_block), seq_lengths=(sq, sk))
+        if mask_mod is None:
+            # Without a mask_mod every listed block is a *full* block: FlexAttention's
+            # kernels then skip the element mask entirely, as attnkit's do.
+            # (Distinct tensors: torch 2.13's CPU template fails to compile when the
+            # partial and full lists alias.)
+            return FlexBlockMask.from_kv_blocks(torch.zeros_like(cnt_t), idx_t.clone(), cnt_t,
+                                                idx_t, **kw)
+        return FlexBlockMask.from_kv_blocks(cnt_t, idx_t, mask_mod=mask_mod, **kw)
 
     def _with(self, cnt: Any, idx: Any) -> "BlockMask":
         out = object.__new__(BlockMask)
