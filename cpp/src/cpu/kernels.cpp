@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "attnkit/error.hpp"
 
@@ -12,9 +13,16 @@
 #include <cpuid.h>
 #define AK_X86 1
 #endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace attnkit::cpu {
 
+#ifdef AK_HAVE_AMX
+const KernelTable* kernel_table_amx();
+#endif
 #ifdef AK_HAVE_AVX512
 const KernelTable* kernel_table_avx512();
 #endif
@@ -39,6 +47,7 @@ CpuFeatures cpu_features() {
   }
   const bool ymm_os = (xcr0 & 0x6) == 0x6;
   const bool zmm_os = (xcr0 & 0xe6) == 0xe6;
+  const bool tile_os = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
     f.avx2 = ymm_os && ((b >> 5) & 1);
     f.avx512f = zmm_os && ((b >> 16) & 1);
@@ -46,7 +55,7 @@ CpuFeatures cpu_features() {
     f.avx512bw = zmm_os && ((b >> 30) & 1);
     f.avx512vl = zmm_os && ((b >> 31) & 1);
     f.avx512fp16 = zmm_os && ((d >> 23) & 1);
-    f.amx_bf16 = (d >> 22) & 1;
+    f.amx_bf16 = tile_os && ((d >> 22) & 1) && ((d >> 24) & 1);
     unsigned a1, b1, c1, d1;
     if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1)) f.avx512bf16 = zmm_os && ((a1 >> 5) & 1);
   }
@@ -63,7 +72,25 @@ struct IsaEntry {
   bool (*supported)(const CpuFeatures&);
 };
 
+// Linux hands out the 8 KiB AMX tile state only on request (once per process).
+bool amx_permitted() {
+#if defined(__linux__) && defined(AK_X86)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                 18 /* XFEATURE_XTILEDATA */) == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
 const IsaEntry kIsas[] = {
+#ifdef AK_HAVE_AMX
+    {"amx", kernel_table_amx,
+     [](const CpuFeatures& f) {
+       return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.fma && f.avx512bf16 &&
+              f.amx_bf16 && amx_permitted();
+     }},
+#endif
 #ifdef AK_HAVE_AVX512
     {"avx512", kernel_table_avx512,
      [](const CpuFeatures& f) { return f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.fma; }},
@@ -125,6 +152,53 @@ const char* const* available_isas() {
   return names;
 }
 
+bool amx_available() { return kernels().bf16 != nullptr; }
+
+void gemm_bf16(int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
+               int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  const KernelTable& kt = kernels();
+  const int64_t Mp = (M + 15) / 16 * 16, Np = (N + 15) / 16 * 16, Kp = (K + 31) / 32 * 32;
+  if (kt.bf16) {
+    // Fast path in place; otherwise copy into zero-padded operands (the copies
+    // are O(MK + KN + MN) against the product's O(MNK)).
+    const bool aligned = M == Mp && N == Np && K == Kp;
+    std::vector<uint16_t> Ap, Bp;
+    std::vector<float> Cp;
+    const uint16_t* a = A;
+    const uint16_t* b = B;
+    float* c = C;
+    int64_t la = lda, lb = ldb, lc = ldc;
+    if (!aligned) {
+      Ap.assign(Mp * Kp, 0);
+      Bp.assign(Kp / 2 * 2 * Np, 0);
+      Cp.assign(Mp * Np, 0.f);
+      for (int64_t m = 0; m < M; ++m) std::memcpy(&Ap[m * Kp], A + m * lda, K * 2);
+      for (int64_t kk = 0; kk < K / 2; ++kk) std::memcpy(&Bp[kk * 2 * Np], B + kk * ldb, N * 4);
+      if (accumulate)
+        for (int64_t m = 0; m < M; ++m) std::memcpy(&Cp[m * Np], C + m * ldc, N * 4);
+      a = Ap.data(), b = Bp.data(), c = Cp.data();
+      la = Kp, lb = 2 * Np, lc = Np;
+    }
+    kt.bf16->begin();
+    kt.bf16->tile_gemm(Mp, Np, Kp, a, la, b, lb, c, lc, accumulate);
+    kt.bf16->end();
+    if (!aligned)
+      for (int64_t m = 0; m < M; ++m) std::memcpy(C + m * ldc, &Cp[m * Np], N * 4);
+    return;
+  }
+  // No bf16 matrix unit: widen to fp32 (B un-interleaved) and use the fp32 micro-GEMM.
+  std::vector<float> Af(M * K), Bf(K * Np, 0.f), Cf(M * Np, 0.f);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t kk = 0; kk < K; ++kk) Af[m * K + kk] = bf16_to_float(A[m * lda + kk]);
+  for (int64_t kk = 0; kk < K; ++kk)
+    for (int64_t n = 0; n < N; ++n) Bf[kk * Np + n] = bf16_to_float(B[(kk / 2) * ldb + 2 * n + kk % 2]);
+  if (accumulate)
+    for (int64_t m = 0; m < M; ++m) std::memcpy(&Cf[m * Np], C + m * ldc, N * 4);
+  kt.gemm(M, Np / 16, K, Af.data(), K, 1, Bf.data(), Np, Cf.data(), Np, accumulate);
+  for (int64_t m = 0; m < M; ++m) std::memcpy(C + m * ldc, &Cf[m * Np], N * 4);
+}
+
 // IEEE half <-> float, bit exact, round-to-nearest-even.
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -170,40 +244,6 @@ uint16_t float_to_half(float f) {
   uint32_t r = au - 0x38000000u;  // rebias exponent
   r += 0xfffu + ((r >> 13) & 1u);
   return sign | static_cast<uint16_t>(r >> 13);
-}
-
-void load_row(const void* src, DType dtype, int64_t n, float* dst) {
-  switch (dtype) {
-    case DType::Float32: std::memcpy(dst, src, sizeof(float) * n); break;
-    case DType::BFloat16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(s[i]);
-      break;
-    }
-    case DType::Float16: {
-      const uint16_t* s = static_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(s[i]);
-      break;
-    }
-    default: break;  // validated before the engine runs
-  }
-}
-
-void store_row(const float* src, int64_t n, DType dtype, void* dst) {
-  switch (dtype) {
-    case DType::Float32: std::memcpy(dst, src, sizeof(float) * n); break;
-    case DType::BFloat16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16(src[i]);
-      break;
-    }
-    case DType::Float16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = 0; i < n; ++i) d[i] = float_to_half(src[i]);
-      break;
-    }
-    default: break;
-  }
 }
 
 }  // namespace attnkit::cpu

@@ -4,7 +4,7 @@
 // no flags the compiler uses whatever the target's baseline offers.
 //
 // Included only by kernels_<isa>.cpp, each inside its own namespace, after
-// <cmath>, <cstdint>, <cstring> and kernels.hpp.
+// <immintrin.h>, <cmath>, <cstdint>, <cstring> and kernels.hpp.
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -188,10 +188,127 @@ void scale_rows(float* X, int64_t rows, const float* alpha) {
     for (int v = 0; v < kQV; ++v) storeu(X + r * kQ + 16 * v, loadu(X + r * kQ + 16 * v) * a[v]);
 }
 
+// ---------------------------------------------------------------- data movement
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint32_t vuu __attribute__((vector_size(64), aligned(4), may_alias));
+typedef uint16_t vh __attribute__((vector_size(64)));
+typedef uint16_t vhu __attribute__((vector_size(64), aligned(2), may_alias));
+
+// One butterfly stage of a 16x16 transpose: swaps the off-diagonal h x h blocks
+// of every 2h x 2h block (rows i and i + h exchange their halves).
+template <unsigned h, unsigned... J>
+constexpr vu butterfly_lo(std::integer_sequence<unsigned, J...>) {
+  return vu{((J & h) == 0 ? J : 16 + J - h)...};
+}
+template <unsigned h, unsigned... J>
+constexpr vu butterfly_hi(std::integer_sequence<unsigned, J...>) {
+  return vu{((J & h) == 0 ? J + h : 16 + J)...};
+}
+template <unsigned h>
+inline void butterfly(vu* r) {
+  constexpr vu lo = butterfly_lo<h>(std::make_integer_sequence<unsigned, 16>{});
+  constexpr vu hi = butterfly_hi<h>(std::make_integer_sequence<unsigned, 16>{});
+  for (unsigned i = 0; i < 16; ++i)
+    if ((i & h) == 0) {
+      const vu a = r[i], b = r[i + h];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + h] = __builtin_shuffle(a, b, hi);
+    }
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for 32-bit elements, rows x cols.
+void transpose32(const void* src_, int64_t lds, int64_t rows, int64_t cols, void* dst_, int64_t ldd) {
+  const uint32_t* src = static_cast<const uint32_t*>(src_);
+  uint32_t* dst = static_cast<uint32_t*>(dst_);
+  const int64_t R = rows / 16 * 16, C = cols / 16 * 16;
+  for (int64_t r0 = 0; r0 < R; r0 += 16)
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+      vu v[16];
+      for (int i = 0; i < 16; ++i) v[i] = *reinterpret_cast<const vuu*>(src + (r0 + i) * lds + c0);
+      butterfly<8>(v);
+      butterfly<4>(v);
+      butterfly<2>(v);
+      butterfly<1>(v);
+      for (int i = 0; i < 16; ++i) *reinterpret_cast<vuu*>(dst + (c0 + i) * ldd + r0) = v[i];
+    }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = r < R ? C : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// out[2i] = a[i], out[2i+1] = b[i] for 16-bit elements (b null: zeros).
+void interleave16(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  // lo[2i] = i, lo[2i+1] = 32 + i; hi the same for i + 16.
+  constexpr vh lo = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                     8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  constexpr vh hi = lo + 16;
+  int64_t i = 0;
+  for (; b && i + 32 <= n; i += 32) {
+    const vh x = *reinterpret_cast<const vhu*>(a + i), y = *reinterpret_cast<const vhu*>(b + i);
+    *reinterpret_cast<vhu*>(out + 2 * i) = __builtin_shuffle(x, y, lo);
+    *reinterpret_cast<vhu*>(out + 2 * i + 32) = __builtin_shuffle(x, y, hi);
+  }
+  for (; i < n; ++i) {
+    out[2 * i] = a[i];
+    out[2 * i + 1] = b ? b[i] : 0;
+  }
+}
+
+// Row conversions, written as plain loops the compiler vectorises per ISA.
+void load_row(const void* src, attnkit::DType dtype, int64_t n, float* dst) {
+  using attnkit::DType;
+  if (dtype == DType::Float32) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else if (dtype == DType::BFloat16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
+  } else if (dtype == DType::Float16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
+#endif
+    for (; i < n; ++i) dst[i] = attnkit::cpu::half_to_float(s[i]);
+  }
+}
+
+void store_row(const float* src, int64_t n, attnkit::DType dtype, void* dst) {
+  using attnkit::DType;
+  if (dtype == DType::Float32) {
+    std::memcpy(dst, src, sizeof(float) * n);
+  } else if (dtype == DType::BFloat16) {
+    const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) {  // round to nearest even; NaN stays (quiet) NaN
+      const uint32_t u = s[i];
+      const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+      d[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r);
+    }
+  } else if (dtype == DType::Float16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i),
+                          _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; i < n; ++i) d[i] = attnkit::cpu::float_to_half(src[i]);
+  }
+}
+
 }  // namespace
 
 const attnkit::cpu::KernelTable* AK_TABLE_FN() {
-  static const attnkit::cpu::KernelTable table{AK_ISA_NAME, gemm, softmax_step, softmax_grad,
-                                               softcap, scale_rows};
+  static const attnkit::cpu::KernelTable table{AK_ISA_NAME, gemm,        softmax_step, softmax_grad,
+                                               softcap,     scale_rows,  transpose32,  interleave16,
+                                               load_row,    store_row};
   return &table;
 }

@@ -62,20 +62,29 @@ class SeqSchedule {
     return n;
   }
 
+  // Each kv tile of [lo, hi) is split where the keys every row of the q tile
+  // sees begin and end ([full_lo, full_hi), rounded to 32 so that the AMX path's
+  // 32-key alignment adds no work), so only the diagonal bands need the mask.
   template <class F>
   void for_each_kv_tile(const ProblemRef& r, int64_t t, F&& f) const {
     const int64_t sq = r.aux[1], sk = r.aux[2];
     const int64_t q0 = t * kQ, q1 = std::min(sq, q0 + kQ);
     const int64_t lo = lo_of(q0, sq, sk), hi = hi_of(q1 - 1, sq, sk);
     if (lo >= hi) return;
-    // Keys every row of the tile sees: [lo_of(q1-1), hi_of(q0)).
-    const int64_t full_lo = lo_of(q1 - 1, sq, sk), full_hi = hi_of(q0, sq, sk);
+    const int64_t flo = lo_of(q1 - 1, sq, sk), fhi = hi_of(q0, sq, sk);
+    const int64_t full_lo = flo == 0 ? 0 : round_up(flo, 32);
+    const int64_t full_hi = fhi == sk ? sk : fhi / 32 * 32;
     for (int64_t kb = lo / kv_tile_ * kv_tile_; kb < hi; kb += kv_tile_) {
       const int64_t a = std::max(kb, lo), e = std::min(kb + kv_tile_, hi);
-      f(a, e, full_lo <= a && full_hi >= e);
+      const int64_t fa = std::clamp(full_lo, a, e), fe = std::clamp(full_hi, fa, e);
+      if (fa > a) f(a, fa, false);
+      if (fe > fa) f(fa, fe, true);
+      if (e > fe) f(fe, e, false);
     }
   }
 
+  // Rows see contiguous key ranges whose ends grow with the row, so for each key
+  // the masked rows are a prefix (key at or past hi) and a suffix (key before lo).
   void mask(const ProblemRef& r, int64_t t, int64_t k0, int64_t nk, float* S) const {
     const int64_t sq = r.aux[1], sk = r.aux[2];
     int64_t lo[kQ], hi[kQ];
@@ -83,11 +92,15 @@ class SeqSchedule {
       lo[i] = lo_of(t * kQ + i, sq, sk);
       hi[i] = hi_of(t * kQ + i, sq, sk);
     }
+    int prefix = 0, suffix = kQ;  // rows [0, prefix) have hi <= key; rows [suffix, kQ) have lo > key
+    while (suffix > 0 && lo[suffix - 1] > k0) --suffix;
     for (int64_t j = 0; j < nk; ++j) {
       const int64_t key = k0 + j;
+      while (prefix < kQ && hi[prefix] <= key) ++prefix;
+      while (suffix < kQ && lo[suffix] <= key) ++suffix;
       float* s = S + j * kQ;
-      for (int i = 0; i < kQ; ++i)
-        if (key < lo[i] || key >= hi[i]) s[i] = -INFINITY;
+      std::fill(s, s + prefix, -INFINITY);
+      std::fill(s + std::max(suffix, prefix), s + kQ, -INFINITY);
     }
   }
 

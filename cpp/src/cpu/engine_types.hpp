@@ -1,0 +1,84 @@
+// attnkit CPU backend: the types shared by the engine (engine.hpp) and its
+// math policies (math_fma.hpp, math_amx.hpp): operand addressing, problem
+// references handed out by schedules, and the engine's arguments.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "../problem.hpp"
+#include "kernels.hpp"
+#include "parallel.hpp"
+
+namespace attnkit::cpu {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Maps (batch, token id, head) to an element offset. Token ids are flat over
+// 1-3 token dims (row-major), so strided multi-dimensional inputs need no copy.
+struct TokenLayout {
+  char* data = nullptr;
+  DType dtype = DType::Float32;
+  int64_t batch_stride = 0, head_stride = 0;
+  int ndims = 1;
+  int64_t dims[3] = {1, 1, 1};
+  int64_t token_stride[3] = {0, 0, 0};
+
+  int64_t offset(int64_t b, int64_t t, int64_t h) const {
+    int64_t off = b * batch_stride + h * head_stride;
+    if (ndims == 1) return off + t * token_stride[0];
+    for (int d = ndims - 1; d >= 0; --d) {
+      off += (t % dims[d]) * token_stride[d];
+      t /= dims[d];
+    }
+    return off;
+  }
+  void* row(int64_t b, int64_t t, int64_t h) const {
+    return data + offset(b, t, h) * dtype_size(dtype);
+  }
+  static TokenLayout from(const Operand& o, DType dt) {
+    TokenLayout l;
+    l.data = static_cast<char*>(o.data);
+    l.dtype = dt;
+    l.batch_stride = o.batch_stride;
+    l.head_stride = o.head_stride;
+    l.token_stride[0] = o.token_stride;
+    return l;
+  }
+};
+
+struct ProblemRef {
+  int64_t b = 0;        // batch index used for operand addressing
+  int64_t hq = 0, hkv = 0;
+  int64_t kvp = 0;      // kv problem id
+  int64_t n_q_tiles = 0;
+  int64_t aux[6] = {};  // schedule-private (sequence lengths, offsets, group...)
+};
+
+struct KvProblemRef {
+  int64_t b = 0, hkv = 0;
+  int64_t nk = 0;          // keys in this kv problem's index space
+  int64_t token_base = 0;  // for identity schedules
+  int64_t aux[4] = {};
+};
+
+struct EngineArgs {
+  int64_t dqk = 0, dv = 0;
+  float scale = 1.f;
+  float softcap = 0.f;
+  TokenLayout q, k, v, out;
+  // lse: float32, addressed like the other operands (head_dim absent)
+  TokenLayout lse;
+  // backward only
+  TokenLayout dout, dq, dk, dv_;
+  TokenLayout dlse;  // optional, laid out like lse
+  int threads = 0;
+  int64_t kv_tile = 128;  // max keys per score tile
+};
+
+}  // namespace attnkit::cpu
