@@ -11,8 +11,8 @@ namespace {
 
 // Score tile heights, as for dense attention (fmha.cpp): merged runs of listed
 // kv blocks are cut into tiles of at most this many keys.
-constexpr int64_t kFwdKvTile = 128;
-constexpr int64_t kBwdKvTile = 64;
+constexpr int64_t kFwdKvTile = 256;
+constexpr int64_t kBwdKvTile = 128;
 
 EngineArgs engine_args(const FmhaProblem& p, int threads) {
   EngineArgs a;

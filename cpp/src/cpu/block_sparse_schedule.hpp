@@ -8,7 +8,9 @@
 // so dense stretches run as long score tiles. A range is `full` -- the engine's
 // unmasked fast path -- when every valid row of the tile sees all of its keys:
 // always the case when the tile lies inside one q block (q_block a multiple of
-// 64, or 64 itself) and is_causal does not cut the range. Only the other ranges
+// 64, or 64 itself) and is_causal does not cut the range. Under is_causal a block
+// is split where the keys every row sees end (rounded down to 32, the AMX path's
+// key granularity), so only the diagonal band is masked. Only non-full ranges
 // evaluate mask(), from the stored row masks and the causal bound; no token x
 // token mask exists anywhere. Memory: O(listed blocks x tiles per q block).
 //
@@ -34,8 +36,8 @@ class BlockSparseSchedule {
  public:
   // A run of consecutive listed kv blocks of one q tile, as a key range.
   struct Range {
-    int64_t k0 = 0, k1 = 0;   // keys [k0, k1); k0 is a kv block boundary
-    int64_t first_rows = 0;   // non-full ranges: row mask of its first block in Tile::rows
+    int64_t k0 = 0, k1 = 0;   // keys [k0, k1)
+    int64_t first_rows = 0;   // non-full ranges: row mask of the block holding k0 in Tile::rows
     bool full = false;        // no element of the tile x range is masked
   };
   struct Tile {
@@ -113,7 +115,7 @@ class BlockSparseSchedule {
     const auto it = std::upper_bound(T.ranges.begin(), T.ranges.end(), k0,
                                      [](int64_t x, const Range& g) { return x < g.k0; });
     const Range& g = *(it - 1);
-    const int64_t kvb = p_.kv_block, kb_first = g.k0 / kvb;
+    const int64_t kvb = p_.kv_block, kb_first = g.k0 / kvb;  // rows[] has one mask per block from here
     const uint64_t* rows = T.rows.data() + g.first_rows;
     const bool causal = p_.attn.is_causal;
     const int64_t row0 = t * kQ;
@@ -168,24 +170,36 @@ class BlockSparseSchedule {
       acc[kb] = 0;
       const int64_t k0 = int64_t(kb) * kvb;
       int64_t k1 = std::min(a.seqlen_k, k0 + kvb);
-      bool full = rows == valid;
-      if (a.is_causal) {
-        k1 = std::min(k1, any_hi);
-        if (k1 <= k0) continue;
-        full = full && k1 <= all_hi;
+      const bool all_rows = rows == valid;
+      if (!a.is_causal) {
+        push(T, k0, k1, all_rows, rows);
+        continue;
       }
-      if (!T.ranges.empty() && T.ranges.back().k1 == k0 && T.ranges.back().full == full) {
-        T.ranges.back().k1 = k1;
-      } else {
-        Range g;
-        g.k0 = k0;
-        g.k1 = k1;
-        g.first_rows = static_cast<int64_t>(T.rows.size());
-        g.full = full;
-        T.ranges.push_back(g);
-      }
-      if (!full) T.rows.push_back(rows);
+      k1 = std::min(k1, any_hi);
+      if (k1 <= k0) continue;
+      // Split at the causal bound (rounded down to 32 keys, the AMX path's
+      // granularity) so that only the diagonal band evaluates the mask.
+      const int64_t fh = all_rows ? std::clamp(all_hi / 32 * 32, k0, k1) : k0;
+      if (fh > k0) push(T, k0, fh, true, rows);
+      if (k1 > fh) push(T, fh, k1, false, rows);
     }
+  }
+
+  // Appends keys [k0, k1) of one kv block to the tile, extending the last range
+  // when it ends at k0 with the same `full`. A non-full piece records the block's
+  // row mask (each block has at most one non-full piece, its last).
+  static void push(Tile& T, int64_t k0, int64_t k1, bool full, uint64_t rows) {
+    if (!T.ranges.empty() && T.ranges.back().k1 == k0 && T.ranges.back().full == full) {
+      T.ranges.back().k1 = k1;
+    } else {
+      Range g;
+      g.k0 = k0;
+      g.k1 = k1;
+      g.first_rows = static_cast<int64_t>(T.rows.size());
+      g.full = full;
+      T.ranges.push_back(g);
+    }
+    if (!full) T.rows.push_back(rows);
   }
 
   BlockSparseProblem p_;
