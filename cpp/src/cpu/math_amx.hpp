@@ -51,23 +51,45 @@ class AmxMath {
     d16_ = round_up(a.dqk, kLanes);
     dv16_ = round_up(a.dv, kLanes);
     const int64_t R = rows.total();
-    auto zeroed = [](FloatBuffer& b, int64_t halves) { b.reset((halves + 1) / 2 + kLanes, true); };
-    zeroed(kb_, R * ldk32_);
-    zeroed(vb_, R * ldv32_);
+    // Every element of the packed buffers is written below (rows with their
+    // padding columns, each kv problem's padding rows, the slack), so they skip
+    // the zero fill: a serial pass over O(tokens) memory on every call.
+    auto alloc = [](FloatBuffer& b, int64_t halves) {
+      const int64_t n = (halves + 1) / 2 + kLanes;
+      b.reset(n, false);
+      std::fill(b.get() + n - kLanes - 1, b.get() + n, 0.f);
+    };
+    alloc(kb_, R * ldk32_);
+    alloc(vb_, R * ldv32_);
     const int64_t dmax = std::max(a.dqk, a.dv);
     FloatBuffer tmp(threads * (dmax + kLanes));
     for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
       float* t = tmp.get() + (dmax + kLanes) * thread_index();
       const int64_t g = rows.base[kp] + r;
-      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, detail::u16(kb_) + g * ldk32_, t);
-      detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, detail::u16(vb_) + g * ldv32_, t);
+      if (r + kPrefetchRows < kv.nk) {  // strided rows defeat the hardware prefetchers
+        const int64_t ahead = s.kv_token(kv, r + kPrefetchRows);
+        prefetch_row(a.k.row(kv.b, ahead, kv.hkv), a.dqk * dtype_size(a.k.dtype));
+        prefetch_row(a.v.row(kv.b, ahead, kv.hkv), a.dv * dtype_size(a.v.dtype));
+      }
+      uint16_t* kd = detail::u16(kb_) + g * ldk32_;
+      uint16_t* vd = detail::u16(vb_) + g * ldv32_;
+      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, kd, t);
+      detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, vd, t);
+      std::fill(kd + a.dqk, kd + ldk32_, uint16_t(0));
+      std::fill(vd + a.dv, vd + ldv32_, uint16_t(0));
     });
+    for (int64_t kp = 0; kp < rows.count(); ++kp) {  // padding rows (< 32 per kv problem)
+      const int64_t g0 = rows.base[kp] + s.kv_problem(kp).nk, g1 = rows.base[kp + 1];
+      std::fill(detail::u16(kb_) + g0 * ldk32_, detail::u16(kb_) + g1 * ldk32_, uint16_t(0));
+      std::fill(detail::u16(vb_) + g0 * ldv32_, detail::u16(vb_) + g1 * ldv32_, uint16_t(0));
+    }
     // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys).
+    // (transpose_keys writes all of K^T / V^T.)
     if (backward) {
-      zeroed(kt_, R * d16_);
+      alloc(kt_, R * d16_);
       transpose_keys(detail::u16(kb_), ldk32_, d16_, detail::u16(kt_), threads);
     } else {
-      zeroed(vt_, R * dv16_);
+      alloc(vt_, R * dv16_);
       transpose_keys(detail::u16(vb_), ldv32_, dv16_, detail::u16(vt_), threads);
     }
     prescale_ = a.softcap > 0 || !(a.scale > 0);
@@ -122,6 +144,8 @@ class AmxMath {
 
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
+    for (int i = 0; i < n; ++i)  // written by store_dq at the end of the tile
+      prefetch_row(a_.dq.row(P.b, tok[i], P.hq), a_.dqk * dtype_size(a_.dq.dtype), true);
     load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, b.Qrows);
     load_rows(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOrows);
     K_.transpose32(b.Qrows, ldk32_ / 2, kQ, ldk32_ / 2, b.QTv, kQ);
@@ -182,8 +206,14 @@ class AmxMath {
   // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
   void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
                  int64_t width, uint16_t* out) const {
-    std::fill(out, out + kQ * width, uint16_t(0));
-    for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
+    // The rows are one head of [B, S, H, D]: strided, so the hardware prefetchers
+    // do not see them coming; asking for all of them first overlaps the misses.
+    for (int i = 0; i < n; ++i) prefetch_row(L.row(P.b, tok[i], P.hq), 2 * dim);
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
+      std::fill(out + i * width + dim, out + (i + 1) * width, uint16_t(0));
+    }
+    std::fill(out + n * width, out + kQ * width, uint16_t(0));
   }
 
   // out = rows transposed in 32-key blocks: element (d, r) at
