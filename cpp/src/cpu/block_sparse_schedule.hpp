@@ -52,7 +52,17 @@ class BlockSparseSchedule {
     offset_ = a.seqlen_k - a.seqlen_q;
     const int64_t n_lists = p.mask_batch * p.mask_heads;
     tiles_.resize(static_cast<size_t>(n_lists * n_tiles_));
-    const int nt = resolve_threads(threads);
+    // The build is O(listed blocks x tiles per q block); small ones (the usual
+    // case: ~10^4 entries) run on the calling thread, since one more parallel
+    // region costs more than it saves, most of all on a shared machine where a
+    // preempted worker stalls the whole team at the barrier.
+    int64_t work = 0;
+    const int64_t tiles_per_block = p.q_block / kQ + 2;
+    for (int64_t mb = 0; mb < p.mask_batch; ++mb)
+      for (int64_t mh = 0; mh < p.mask_heads; ++mh)
+        for (int64_t qb = 0; qb < p.num_q_blocks; ++qb) work += p.count(mb, mh, qb);
+    work *= tiles_per_block;
+    const int nt = work < (int64_t(1) << 18) ? 1 : resolve_threads(threads);
     // Per-thread scratch: row-mask accumulators indexed by kv block, and the
     // list of blocks touched by the current tile.
     std::vector<uint64_t> acc(static_cast<size_t>(nt * p.num_kv_blocks), 0);
