@@ -31,6 +31,7 @@ from ._fmha import (
     merge_attentions,
     set_num_threads,
 )
+from ._gna import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_backward
 
 __version__ = _core.build_info()["version"]
 
@@ -39,6 +40,11 @@ __all__ = [
     "attention",
     "attention_backward",
     "merge_attentions",
+    "neighborhood_attention",
+    "neighborhood_attention_backward",
+    "na1d",
+    "na2d",
+    "na3d",
     "BlockMask",
     "block_sparse_attention",
     "block_sparse_attention_backward",

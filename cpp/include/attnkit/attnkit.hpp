@@ -75,5 +75,5 @@ void set_cpu_isa(const std::string& name);
 
 }  // namespace attnkit
 
-// Family headers (each includes this file for the shared types).
-#include "attnkit/block_sparse.hpp"
+#include "attnkit/gna.hpp"  // neighborhood attention (needs the declarations above)
+#include "attnkit/block_sparse.hpp"  // block-sparse attention (likewise)

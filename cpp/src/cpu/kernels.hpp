@@ -67,8 +67,9 @@ struct KernelTable {
                const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
   // Forward online-softmax step on a score tile S^T[nk][kQ] (log2 domain, masked
-  // entries -inf). Updates running max m[kQ] and sum l[kQ], overwrites S with P^T,
-  // writes the rescale factors alpha[kQ]; returns true if any alpha != 1.
+  // entries -inf). Updates the running (reference) max m[kQ] -- it may trail the
+  // true max by up to 8 -- and sum l[kQ], overwrites S with P^T, writes the
+  // rescale factors alpha[kQ]; returns true if any alpha != 1.
   bool (*softmax_step)(float* S, int64_t nk, float* m, float* l, float* alpha);
 
   // Backward element-wise step: P = exp2(S - lse2) into S, and

@@ -122,9 +122,16 @@ bool softmax_step(float* S, int64_t nk, float* m, float* l, float* alpha) {
     for (int v = 0; v < kQV; ++v) mx[v] = vmax(mx[v], loadu(S + j * kQ + 16 * v));
   vf use[kQV], sum[kQV];
   bool rescale = false;
+  // Keep the reference max while the chunk's scores exceed it by at most 2^8
+  // (probabilities <= 256): then O needs no rescale.
+  bool keep = true;
+  for (int v = 0; v < kQV; ++v) {
+    vi ok = loadu(m + 16 * v) != splat(-INFINITY) & mx[v] <= loadu(m + 16 * v) + 8.f;
+    for (int i = 0; i < 16; ++i) keep &= ok[i] != 0;
+  }
   for (int v = 0; v < kQV; ++v) {
     vf old = loadu(m + 16 * v);
-    vf mnew = vmax(old, mx[v]);
+    vf mnew = keep ? old : vmax(old, mx[v]);
     // A row that has seen only masked keys keeps max -inf; subtract 0 instead
     // so that exp2(-inf - 0) = 0 rather than NaN.
     use[v] = mnew == splat(-INFINITY) ? splat(0.f) : mnew;

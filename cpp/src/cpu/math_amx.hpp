@@ -51,46 +51,34 @@ class AmxMath {
     d16_ = round_up(a.dqk, kLanes);
     dv16_ = round_up(a.dv, kLanes);
     const int64_t R = rows.total();
-    // Every element of the packed buffers is written below (rows with their
-    // padding columns, each kv problem's padding rows, the slack), so they skip
-    // the zero fill: a serial pass over O(tokens) memory on every call.
-    auto alloc = [](FloatBuffer& b, int64_t halves) {
-      const int64_t n = (halves + 1) / 2 + kLanes;
-      b.reset(n, false);
-      std::fill(b.get() + n - kLanes - 1, b.get() + n, 0.f);
-    };
+    const auto alloc = [](FloatBuffer& b, int64_t halves) { b.reset((halves + 1) / 2 + kLanes); };
     alloc(kb_, R * ldk32_);
-    alloc(vb_, R * ldv32_);
+    if (backward) alloc(vb_, R * ldv32_);
+    // Every packed element is written exactly once (rows, their zero tails and
+    // the zero padding rows), so no buffer is cleared first.
     const int64_t dmax = std::max(a.dqk, a.dv);
     FloatBuffer tmp(threads * (dmax + kLanes));
     for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
       float* t = tmp.get() + (dmax + kLanes) * thread_index();
       const int64_t g = rows.base[kp] + r;
-      if (r + kPrefetchRows < kv.nk) {  // strided rows defeat the hardware prefetchers
-        const int64_t ahead = s.kv_token(kv, r + kPrefetchRows);
-        prefetch_row(a.k.row(kv.b, ahead, kv.hkv), a.dqk * dtype_size(a.k.dtype));
-        prefetch_row(a.v.row(kv.b, ahead, kv.hkv), a.dv * dtype_size(a.v.dtype));
-      }
-      uint16_t* kd = detail::u16(kb_) + g * ldk32_;
-      uint16_t* vd = detail::u16(vb_) + g * ldv32_;
-      detail::row_to_bf16(a.k.row(kv.b, tok, kv.hkv), a.k.dtype, a.dqk, kd, t);
-      detail::row_to_bf16(a.v.row(kv.b, tok, kv.hkv), a.v.dtype, a.dv, vd, t);
-      std::fill(kd + a.dqk, kd + ldk32_, uint16_t(0));
-      std::fill(vd + a.dv, vd + ldv32_, uint16_t(0));
+      if (r + kPrefetchRows < kv.nk)  // strided rows defeat the hardware prefetchers
+        prefetch_row(a.k.row(kv.b, s.kv_token(kv, r + kPrefetchRows), kv.hkv),
+                     a.dqk * dtype_size(a.k.dtype));
+      fetch_row(a.k, kv, tok, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_, t);
+      if (backward) fetch_row(a.v, kv, tok, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_, t);
     });
-    for (int64_t kp = 0; kp < rows.count(); ++kp) {  // padding rows (< 32 per kv problem)
-      const int64_t g0 = rows.base[kp] + s.kv_problem(kp).nk, g1 = rows.base[kp + 1];
-      std::fill(detail::u16(kb_) + g0 * ldk32_, detail::u16(kb_) + g1 * ldk32_, uint16_t(0));
-      std::fill(detail::u16(vb_) + g0 * ldv32_, detail::u16(vb_) + g1 * ldv32_, uint16_t(0));
-    }
+    for (int64_t kp = 0; kp < rows.count(); ++kp)
+      for (int64_t g = rows.base[kp] + s.kv_problem(kp).nk; g < rows.base[kp + 1]; ++g) {
+        std::fill(detail::u16(kb_) + g * ldk32_, detail::u16(kb_) + (g + 1) * ldk32_, uint16_t(0));
+        if (backward) std::fill(detail::u16(vb_) + g * ldv32_, detail::u16(vb_) + (g + 1) * ldv32_, uint16_t(0));
+      }
     // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys).
-    // (transpose_keys writes all of K^T / V^T.)
     if (backward) {
       alloc(kt_, R * d16_);
-      transpose_keys(detail::u16(kb_), ldk32_, d16_, detail::u16(kt_), threads);
+      transpose_keys(s, a.k, a.dqk, d16_, detail::u16(kt_), threads);
     } else {
       alloc(vt_, R * dv16_);
-      transpose_keys(detail::u16(vb_), ldv32_, dv16_, detail::u16(vt_), threads);
+      transpose_keys(s, a.v, a.dv, dv16_, detail::u16(vt_), threads);
     }
     prescale_ = a.softcap > 0 || !(a.scale > 0);
     c_ = a.softcap > 0 ? 1.f : prescale_ ? kLog2e : a.scale * kLog2e;
@@ -114,10 +102,16 @@ class AmxMath {
     K_.transpose32(Qrows, ldk32_ / 2, kQ, ldk32_ / 2, QTv, kQ);
   }
 
-  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST) const {
+  // Active query vectors (bits) are column runs of 16: of Q^T VNNI (2 halves per
+  // query) and of the fp32 tiles.
+  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST,
+              uint32_t bits = kAllQueryVectors) const {
     const uint16_t* QTv = reinterpret_cast<const uint16_t*>(ws);
     const uint16_t* k = detail::u16c(kb_) + (rows.base[kvp] + c0) * ldk32_;
-    B_.tile_gemm(nk, kQ, ldk32_, k, ldk32_, QTv, 2 * kQ, ST, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldk32_, k, ldk32_, QTv + 2 * kLanes * v0, 2 * kQ,
+                   ST + kLanes * v0, kQ, false);
+    });
   }
 
   void finish_scores(float* ST, int64_t nk, float* cap_grad) const {
@@ -129,9 +123,13 @@ class AmxMath {
     return B_.softmax_step_vnni(ST, nk, c_, m, l, alpha, fwd_pv(ws));
   }
 
-  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
+  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT,
+          uint32_t bits = kAllQueryVectors) const {
     const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
-    B_.tile_gemm_ks(dv16_, kQ, nk, vt, 32, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(dv16_, (v1 - v0) * kLanes, nk, vt, 32, 32 * dv16_,
+                      fwd_pv(ws) + 2 * kLanes * v0, 2 * kQ, OT + kLanes * v0, kQ, true);
+    });
   }
 
   // ---------------------------------------------------------------- backward
@@ -161,15 +159,24 @@ class AmxMath {
 
   void grad_step(int64_t kvp, int64_t c0, int64_t nk, int, float* ST, float* dPT,
                  const float* cap_grad, const float* lse2, const float* delta, float* dKacc,
-                 float* dVacc, float* ws) const {
+                 float* dVacc, float* ws, uint32_t bits = kAllQueryVectors) const {
     Bwd b = bwd_split(ws);
     const uint16_t* vrow = detail::u16c(vb_) + (rows.base[kvp] + c0) * ldv32_;
-    B_.tile_gemm(nk, kQ, ldv32_, vrow, ldv32_, b.dOTv, 2 * kQ, dPT, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldv32_, vrow, ldv32_, b.dOTv + 2 * kLanes * v0, 2 * kQ,
+                   dPT + kLanes * v0, kQ, false);
+    });
+    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
+    // dV and dK contract over the queries (K = 64 in steps of 32): inactive lanes
+    // hold P = dS = 0 and add nothing.
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
     const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
-    B_.tile_gemm_ks(d16_, kQ, nk, kt, 32, 32 * d16_, b.dSv, 2 * kQ, b.dQT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(d16_, (v1 - v0) * kLanes, nk, kt, 32, 32 * d16_, b.dSv + 2 * kLanes * v0,
+                      2 * kQ, b.dQT + kLanes * v0, kQ, true);
+    });
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
@@ -209,28 +216,50 @@ class AmxMath {
     // The rows are one head of [B, S, H, D]: strided, so the hardware prefetchers
     // do not see them coming; asking for all of them first overlaps the misses.
     for (int i = 0; i < n; ++i) prefetch_row(L.row(P.b, tok[i], P.hq), 2 * dim);
-    for (int i = 0; i < n; ++i) {
-      std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
-      std::fill(out + i * width + dim, out + (i + 1) * width, uint16_t(0));
-    }
-    std::fill(out + n * width, out + kQ * width, uint16_t(0));
+    std::fill(out, out + kQ * width, uint16_t(0));
+    for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
 
-  // out = rows transposed in 32-key blocks: element (d, r) at
-  // out[(r/32)*32*dims + d*32 + r%32] (the tile_gemm_ks layout). Key pairs are
-  // interleaved into 32-bit units, which are then transposed block by block.
-  void transpose_keys(const uint16_t* src, int64_t ld, int64_t dims, uint16_t* out, int threads) const {
+  // One key row as bf16, `width` wide (zero past dim).
+  static void fetch_row(const TokenLayout& L, const KvProblemRef& kv, int64_t tok, int64_t dim,
+                        int64_t width, uint16_t* dst, float* tmp) {
+    detail::row_to_bf16(L.row(kv.b, tok, kv.hkv), L.dtype, dim, dst, tmp);
+    std::fill(dst + dim, dst + width, uint16_t(0));
+  }
+
+  // The operand's key rows transposed in 32-key blocks: element (d, r) at
+  // out[(r/32)*32*dims + d*32 + r%32] (the tile_gemm_ks layout), straight from
+  // the input rows. Key pairs are interleaved into 32-bit units, which are then
+  // transposed block by block; padding keys and dims are zero.
+  template <class Sched>
+  void transpose_keys(const Sched& s, const TokenLayout& L, int64_t dim, int64_t dims, uint16_t* out,
+                      int threads) const {
     constexpr int64_t kChunk = 256;
     std::vector<std::pair<int64_t, int64_t>> items;
     for (int64_t kp = 0; kp < rows.count(); ++kp)
       for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kChunk) items.push_back({kp, r});
-    FloatBuffer tmp(threads * kChunk * dims / 2 + kLanes);
+    const int64_t per = kChunk * dims / 2 + dims + dim + kLanes;  // pairs, two rows, fp32 row
+    FloatBuffer tmp(threads * per);
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
       const int64_t kp = items[it].first, r0 = items[it].second;
+      const KvProblemRef kv = s.kv_problem(kp);
       const int64_t nr = rows.base[kp + 1] - rows.base[kp], nc = std::min(kChunk, nr - r0);
-      uint16_t* pairs = reinterpret_cast<uint16_t*>(tmp.get() + thread_index() * kChunk * dims / 2);
-      const uint16_t* r = src + (rows.base[kp] + r0) * ld;
-      for (int64_t p = 0; p < nc / 2; ++p) K_.interleave16(r + 2 * p * ld, r + (2 * p + 1) * ld, dims, pairs + 2 * p * dims);
+      float* base = tmp.get() + thread_index() * per;
+      uint16_t* pairs = reinterpret_cast<uint16_t*>(base);
+      uint16_t* two = pairs + kChunk * dims;  // rows 2p and 2p+1
+      float* f32 = base + kChunk * dims / 2 + dims;
+      for (int64_t p = 0; p < nc / 2; ++p) {
+        if (r0 + 2 * p + kPrefetchRows + 1 < kv.nk)
+          for (int e = 0; e < 2; ++e)
+            prefetch_row(L.row(kv.b, s.kv_token(kv, r0 + 2 * p + kPrefetchRows + e), kv.hkv),
+                         dim * dtype_size(L.dtype));
+        for (int e = 0; e < 2; ++e) {
+          const int64_t r = r0 + 2 * p + e;
+          if (r < kv.nk) fetch_row(L, kv, s.kv_token(kv, r), dim, dims, two + e * dims, f32);
+          else std::fill(two + e * dims, two + (e + 1) * dims, uint16_t(0));
+        }
+        K_.interleave16(two, two + dims, dims, pairs + 2 * p * dims);
+      }
       for (int64_t b = 0; b < nc; b += 32)
         K_.transpose32(pairs + b * dims, dims, 16, dims, out + (rows.base[kp] + r0 + b) * dims, 16);
     });
