@@ -11,8 +11,9 @@
 // 64, or 64 itself) and is_causal does not cut the range. Under is_causal a block
 // is split where the keys every row sees end (rounded down to 32, the AMX path's
 // key granularity), so only the diagonal band is masked. Only non-full ranges
-// evaluate mask(), from the stored row masks and the causal bound; no token x
-// token mask exists anywhere. Memory: O(listed blocks x tiles per q block).
+// evaluate mask(), from the stored row masks and the causal bound, and tell the
+// engine which 16-row query vectors see them at all (the others are skipped);
+// no token x token mask exists anywhere. Memory: O(listed blocks x tiles per q block).
 //
 // Both engine directions are query-major, so the backward reuses these kv lists
 // as they are: no transposed (q-major) lists are needed on the CPU (see
@@ -38,6 +39,7 @@ class BlockSparseSchedule {
   struct Range {
     int64_t k0 = 0, k1 = 0;   // keys [k0, k1)
     int64_t first_rows = 0;   // non-full ranges: row mask of the block holding k0 in Tile::rows
+    uint32_t vectors = kAllQueryVectors;  // query vectors (16 rows) that see any key of it
     bool full = false;        // no element of the tile x range is masked
   };
   struct Tile {
@@ -114,7 +116,10 @@ class BlockSparseSchedule {
 
   template <class F>
   void for_each_kv_tile(const ProblemRef& r, int64_t t, F&& f) const {
-    for (const Range& g : tile(r, t).ranges) f(g.k0, g.k1, g.full);
+    // Non-full ranges name the query vectors that see them (e.g. one 16-row q
+    // block of a tile, or the lower rows of a causal diagonal band): the engine
+    // skips the others' work.
+    for (const Range& g : tile(r, t).ranges) f(g.k0, g.k1, g.full, QueryVectors{g.vectors});
   }
 
   // S^T[j][i] = -inf where row i of tile t may not see key k0 + j: its q block
@@ -129,15 +134,27 @@ class BlockSparseSchedule {
     const uint64_t* rows = T.rows.data() + g.first_rows;
     const bool causal = p_.attn.is_causal;
     const int64_t row0 = t * kQ;
+    // Per block, a lane mask (0: keep, 1: hide) that the key loop applies as a
+    // branch-free select; causal hides a prefix of rows on top.
+    int32_t hide[kQ];
+    int64_t cur = -1;
+    bool any_hidden = false;
     for (int64_t j = 0; j < nk; ++j) {
-      const int64_t key = k0 + j;
-      const uint64_t bits = rows[key / kvb - kb_first];
-      // Causal: row i sees the key iff row0 + i + (Sk - Sq) >= key.
-      const int64_t first_row = causal ? key - offset_ - row0 : 0;
-      if (bits == ~uint64_t(0) && first_row <= 0) continue;
+      const int64_t key = k0 + j, kb = key / kvb;
+      if (kb != cur) {
+        const uint64_t bits = rows[kb - kb_first];
+        for (int i = 0; i < kQ; ++i) hide[i] = !((bits >> i) & 1u);
+        any_hidden = bits != ~uint64_t(0);
+        cur = kb;
+      }
       float* s = S + j * kQ;
-      for (int i = 0; i < kQ; ++i)
-        if (i < first_row || !((bits >> i) & 1u)) s[i] = -INFINITY;
+      if (any_hidden)
+        for (int i = 0; i < kQ; ++i) s[i] = hide[i] ? -INFINITY : s[i];
+      if (causal) {
+        // Row i sees the key iff row0 + i + (Sk - Sq) >= key.
+        const int64_t first_row = std::clamp<int64_t>(key - offset_ - row0, 0, kQ);
+        std::fill(s, s + first_row, -INFINITY);
+      }
     }
   }
 
@@ -182,7 +199,7 @@ class BlockSparseSchedule {
       int64_t k1 = std::min(a.seqlen_k, k0 + kvb);
       const bool all_rows = rows == valid;
       if (!a.is_causal) {
-        push(T, k0, k1, all_rows, rows);
+        push(T, k0, k1, all_rows, rows, rows);
         continue;
       }
       k1 = std::min(k1, any_hi);
@@ -190,22 +207,36 @@ class BlockSparseSchedule {
       // Split at the causal bound (rounded down to 32 keys, the AMX path's
       // granularity) so that only the diagonal band evaluates the mask.
       const int64_t fh = all_rows ? std::clamp(all_hi / 32 * 32, k0, k1) : k0;
-      if (fh > k0) push(T, k0, fh, true, rows);
-      if (k1 > fh) push(T, fh, k1, false, rows);
+      if (fh > k0) push(T, k0, fh, true, rows, rows);
+      // Rows below the one that sees key fh see nothing of [fh, k1).
+      const int64_t first_row = std::clamp<int64_t>(fh - offset_ - r0, 0, 64);
+      if (k1 > fh) push(T, fh, k1, false, rows, rows & ~row_bits(0, first_row));
     }
+  }
+
+  // Query vectors (16-row groups) with a row set in `rows`.
+  static uint32_t vectors_of(uint64_t rows) {
+    uint32_t v = 0;
+    for (int i = 0; i < kQ / kLanes; ++i)
+      if ((rows >> (i * kLanes)) & ((uint64_t(1) << kLanes) - 1)) v |= 1u << i;
+    return v;
   }
 
   // Appends keys [k0, k1) of one kv block to the tile, extending the last range
   // when it ends at k0 with the same `full`. A non-full piece records the block's
   // row mask (each block has at most one non-full piece, its last).
-  static void push(Tile& T, int64_t k0, int64_t k1, bool full, uint64_t rows) {
+  // `seeing`: the rows that see some key of the piece (for the query vectors).
+  static void push(Tile& T, int64_t k0, int64_t k1, bool full, uint64_t rows, uint64_t seeing) {
+    const uint32_t vec = full ? kAllQueryVectors : vectors_of(seeing);
     if (!T.ranges.empty() && T.ranges.back().k1 == k0 && T.ranges.back().full == full) {
       T.ranges.back().k1 = k1;
+      T.ranges.back().vectors |= vec;
     } else {
       Range g;
       g.k0 = k0;
       g.k1 = k1;
       g.first_rows = static_cast<int64_t>(T.rows.size());
+      g.vectors = vec;
       g.full = full;
       T.ranges.push_back(g);
     }
