@@ -12,6 +12,18 @@ from typing import Any, Dict
 
 from . import _core
 from ._core import UnsupportedError
+from ._block_sparse import (
+    BlockMask,
+    block_sparse_attention,
+    block_sparse_attention_backward,
+)
+from ._block_sparse_select import (
+    pooled_block_scores,
+    sliding_window_block_mask,
+    streaming_block_mask,
+    threshold_block_mask,
+    topk_block_mask,
+)
 from ._fmha import (
     attention,
     attention_backward,
@@ -33,6 +45,14 @@ __all__ = [
     "na1d",
     "na2d",
     "na3d",
+    "BlockMask",
+    "block_sparse_attention",
+    "block_sparse_attention_backward",
+    "sliding_window_block_mask",
+    "streaming_block_mask",
+    "topk_block_mask",
+    "threshold_block_mask",
+    "pooled_block_scores",
     "set_num_threads",
     "get_num_threads",
     "set_cpu_isa",

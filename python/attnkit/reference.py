@@ -280,3 +280,63 @@ def neighborhood_attention_grad(dout: Any, q: Any, k: Any, v: Any, kernel_size: 
     if ek is not None:
         grads += (dk[:, T:], dv[:, T:])
     return grads
+# ---- block_sparse ----
+def block_sparse_element_mask(block_mask: Any, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+    """Bool [Bm, Hm, Sq, Sk]: row i sees key j iff the q block of i lists the kv
+    block of j. Read straight from kv_num_blocks / kv_indices, entry by entry."""
+    cnt = np.asarray(to_f64(block_mask.kv_num_blocks)).astype(np.int64)
+    idx = np.asarray(to_f64(block_mask.kv_indices)).astype(np.int64)
+    qb, kvb = int(block_mask.q_block), int(block_mask.kv_block)
+    bm, hm, nq = cnt.shape
+    m = np.zeros((bm, hm, seqlen_q, seqlen_k), dtype=bool)
+    for b in range(bm):
+        for h in range(hm):
+            for i in range(nq):
+                for n in range(cnt[b, h, i]):
+                    j = idx[b, h, i, n]
+                    m[b, h, i * qb:(i + 1) * qb, j * kvb:(j + 1) * kvb] = True
+    return m
+
+
+def _block_sparse_masks(block_mask, b, hq, hkv, sq, sk, is_causal):
+    """[Hq, Sq, Sk] element mask of batch b (head axis Hq, Hkv or 1 broadcast)."""
+    m = block_sparse_element_mask(block_mask, sq, sk)
+    m = m[b if m.shape[0] > 1 else 0]
+    if m.shape[0] == hkv and hkv != hq:
+        m = np.repeat(m, hq // hkv, axis=0)
+    m = np.broadcast_to(m, (hq, sq, sk))
+    if is_causal:
+        m = m & fmha_mask(sq, sk, is_causal=True)[None]
+    return m
+
+
+def block_sparse_attention(
+    q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, lse) of attnkit.block_sparse_attention: dense attention
+    under the expanded element mask."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    lse = np.full(q.shape[:-1], -np.inf)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        out[b], lse[b] = masked_attention(q[b], k[b], v[b], m, scale)
+    return out, lse
+
+
+def block_sparse_attention_grad(
+    dout: Any, q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (dq, dk, dv) of attnkit.block_sparse_attention given dout."""
+    q, k, v, dout = to_f64(q), to_f64(k), to_f64(v), to_f64(dout)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        dq[b], dk[b], dv[b] = masked_attention_grad(q[b], k[b], v[b], m, dout[b], scale)
+    return dq, dk, dv

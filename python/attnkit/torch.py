@@ -14,8 +14,10 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_block_sparse import block_sparse_attention
 
-__all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "na2d", "na3d"]
+__all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "na2d", "na3d",
+           "block_sparse_attention"]
 
 
 def _stream(t: Tensor) -> int:

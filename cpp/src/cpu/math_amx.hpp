@@ -61,6 +61,9 @@ class AmxMath {
     for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
       float* t = tmp.get() + (dmax + kLanes) * thread_index();
       const int64_t g = rows.base[kp] + r;
+      if (r + kPrefetchRows < kv.nk)  // strided rows defeat the hardware prefetchers
+        prefetch_row(a.k.row(kv.b, s.kv_token(kv, r + kPrefetchRows), kv.hkv),
+                     a.dqk * dtype_size(a.k.dtype));
       fetch_row(a.k, kv, tok, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_, t);
       if (backward) fetch_row(a.v, kv, tok, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_, t);
     });
@@ -139,6 +142,8 @@ class AmxMath {
 
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
+    for (int i = 0; i < n; ++i)  // written by store_dq at the end of the tile
+      prefetch_row(a_.dq.row(P.b, tok[i], P.hq), a_.dqk * dtype_size(a_.dq.dtype), true);
     load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, b.Qrows);
     load_rows(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOrows);
     K_.transpose32(b.Qrows, ldk32_ / 2, kQ, ldk32_ / 2, b.QTv, kQ);
@@ -208,6 +213,9 @@ class AmxMath {
   // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
   void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
                  int64_t width, uint16_t* out) const {
+    // The rows are one head of [B, S, H, D]: strided, so the hardware prefetchers
+    // do not see them coming; asking for all of them first overlaps the misses.
+    for (int i = 0; i < n; ++i) prefetch_row(L.row(P.b, tok[i], P.hq), 2 * dim);
     std::fill(out, out + kQ * width, uint16_t(0));
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
@@ -241,6 +249,10 @@ class AmxMath {
       uint16_t* two = pairs + kChunk * dims;  // rows 2p and 2p+1
       float* f32 = base + kChunk * dims / 2 + dims;
       for (int64_t p = 0; p < nc / 2; ++p) {
+        if (r0 + 2 * p + kPrefetchRows + 1 < kv.nk)
+          for (int e = 0; e < 2; ++e)
+            prefetch_row(L.row(kv.b, s.kv_token(kv, r0 + 2 * p + kPrefetchRows + e), kv.hkv),
+                         dim * dtype_size(L.dtype));
         for (int e = 0; e < 2; ++e) {
           const int64_t r = r0 + 2 * p + e;
           if (r < kv.nk) fetch_row(L, kv, s.kv_token(kv, r), dim, dims, two + e * dims, f32);
