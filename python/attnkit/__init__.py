@@ -12,6 +12,18 @@ from typing import Any, Dict
 
 from . import _core
 from ._core import UnsupportedError
+from ._block_sparse import (
+    BlockMask,
+    block_sparse_attention,
+    block_sparse_attention_backward,
+)
+from ._block_sparse_select import (
+    pooled_block_scores,
+    sliding_window_block_mask,
+    streaming_block_mask,
+    threshold_block_mask,
+    topk_block_mask,
+)
 from ._fmha import (
     attention,
     attention_backward,
@@ -19,6 +31,7 @@ from ._fmha import (
     merge_attentions,
     set_num_threads,
 )
+from ._gna import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_backward
 from ._linear import feature_map, linear_attention, linear_attention_backward, linear_attention_step
 
 __version__ = _core.build_info()["version"]
@@ -28,6 +41,19 @@ __all__ = [
     "attention",
     "attention_backward",
     "merge_attentions",
+    "neighborhood_attention",
+    "neighborhood_attention_backward",
+    "na1d",
+    "na2d",
+    "na3d",
+    "BlockMask",
+    "block_sparse_attention",
+    "block_sparse_attention_backward",
+    "sliding_window_block_mask",
+    "streaming_block_mask",
+    "topk_block_mask",
+    "threshold_block_mask",
+    "pooled_block_scores",
     "linear_attention",
     "linear_attention_step",
     "linear_attention_backward",

@@ -171,6 +171,177 @@ def attention_grad(
     return dq, dk, dv
 
 
+# ---- gna ----
+# Neighborhood attention (DESIGN §2.2), written straight from the formulas: per
+# axis a boolean [n, n] "query x sees key y" matrix, their product over the axes,
+# then the dense masked softmax above.
+
+
+def _per_dim_arg(value: Any, nd: int) -> Tuple:
+    vals = tuple(value) if isinstance(value, (list, tuple)) else (value,) * nd
+    if len(vals) != nd:
+        raise ValueError(f"expected 1 or {nd} values, got {vals!r}")
+    return vals
+
+
+def neighborhood_window(i: int, n: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                        is_causal: bool = False) -> Tuple[int, int]:
+    """Window of coordinate i on an axis of length n, as a half-open range [lo, hi)
+    of *in-group* indices (group i % dilation, in-group index i // dilation)."""
+    k, s, d = kernel_size, stride, dilation
+    g, ig = i % d, i // d
+    ng = -(-(n - g) // d)  # ceil((n - g) / d)
+    if is_causal:
+        leader = min((ig // s) * s + s - 1, ng - 1)
+        return max(leader - (k - 1), 0), min(ig, ng - 1) + 1
+    wl, wr = k // 2, k // 2 + k % 2 - 1
+    leader = min((ig // s) * s + s // 2, ng - 1)
+    centre = min(max(leader, wl), ng - 1 - wr)
+    return centre - wl, centre + wr + 1
+
+
+def neighborhood_axis_mask(n: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+                           is_causal: bool = False) -> np.ndarray:
+    """Bool [n, n]: coordinate x sees coordinate y on one axis."""
+    m = np.zeros((n, n), dtype=bool)
+    for x in range(n):
+        lo, hi = neighborhood_window(x, n, kernel_size, stride, dilation, is_causal)
+        g = x % dilation
+        for j in range(lo, hi):
+            m[x, g + j * dilation] = True
+    return m
+
+
+def neighborhood_mask(spatial: Sequence[int], kernel_size: Any, stride: Any = 1, dilation: Any = 1,
+                      is_causal: Any = False) -> np.ndarray:
+    """Bool [T, T] over the flattened (row-major) tokens: a key is a neighbour iff it is
+    one on every axis."""
+    nd = len(spatial)
+    ks, st, dl, ca = (_per_dim_arg(a, nd) for a in (kernel_size, stride, dilation, is_causal))
+    m = np.ones((1, 1), dtype=bool)
+    for ax in range(nd):
+        a = neighborhood_axis_mask(spatial[ax], ks[ax], st[ax], dl[ax], bool(ca[ax]))
+        m = (m[:, None, :, None] & a[None, :, None, :]).reshape(m.shape[0] * a.shape[0], -1)
+    return m
+
+
+def _na_flat(q, k, v, extra_k, extra_v, kernel_size, stride, dilation, is_causal):
+    nd = q.ndim - 3
+    spatial = q.shape[1:1 + nd]
+    T = int(np.prod(spatial))
+    qf = q.reshape(q.shape[0], T, *q.shape[-2:])
+    kf = k.reshape(k.shape[0], T, *k.shape[-2:])
+    vf = v.reshape(v.shape[0], T, *v.shape[-2:])
+    mask = neighborhood_mask(spatial, kernel_size, stride, dilation, is_causal)
+    if extra_k is not None:
+        kf = np.concatenate([kf, extra_k], axis=1)
+        vf = np.concatenate([vf, extra_v], axis=1)
+        mask = np.concatenate([mask, np.ones((T, extra_k.shape[1]), dtype=bool)], axis=1)
+    return qf, kf, vf, mask, spatial
+
+
+def neighborhood_attention(q: Any, k: Any, v: Any, kernel_size: Any, *, stride: Any = 1,
+                           dilation: Any = 1, is_causal: Any = False, scale: Optional[float] = None,
+                           additional_keys: Any = None, additional_values: Any = None
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, lse) of attnkit.neighborhood_attention with the same arguments."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    ek = None if additional_keys is None else to_f64(additional_keys)
+    ev = None if additional_values is None else to_f64(additional_values)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qf, kf, vf, mask, spatial = _na_flat(q, k, v, ek, ev, kernel_size, stride, dilation, is_causal)
+    B, H, Dv = q.shape[0], q.shape[-2], v.shape[-1]
+    out = np.zeros((B, *spatial, H, Dv))
+    lse = np.zeros((B, *spatial, H))
+    for b in range(B):
+        o, l = masked_attention(qf[b], kf[b], vf[b], mask, scale)
+        out[b] = o.reshape(*spatial, H, Dv)
+        lse[b] = l.reshape(*spatial, H)
+    return out, lse
+
+
+def neighborhood_attention_grad(dout: Any, q: Any, k: Any, v: Any, kernel_size: Any, *,
+                                stride: Any = 1, dilation: Any = 1, is_causal: Any = False,
+                                scale: Optional[float] = None, additional_keys: Any = None,
+                                additional_values: Any = None) -> Tuple[np.ndarray, ...]:
+    """float64 (dq, dk, dv) -- plus (d_additional_keys, d_additional_values) when given --
+    of attnkit.neighborhood_attention's out given dout."""
+    q, k, v, dout = to_f64(q), to_f64(k), to_f64(v), to_f64(dout)
+    ek = None if additional_keys is None else to_f64(additional_keys)
+    ev = None if additional_values is None else to_f64(additional_values)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    qf, kf, vf, mask, spatial = _na_flat(q, k, v, ek, ev, kernel_size, stride, dilation, is_causal)
+    T = qf.shape[1]
+    dof = dout.reshape(dout.shape[0], T, *dout.shape[-2:])
+    dq, dk, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(vf)
+    for b in range(q.shape[0]):
+        dq[b], dk[b], dv[b] = masked_attention_grad(qf[b], kf[b], vf[b], mask, dof[b], scale)
+    grads = (dq.reshape(q.shape), dk[:, :T].reshape(k.shape), dv[:, :T].reshape(v.shape))
+    if ek is not None:
+        grads += (dk[:, T:], dv[:, T:])
+    return grads
+# ---- block_sparse ----
+def block_sparse_element_mask(block_mask: Any, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+    """Bool [Bm, Hm, Sq, Sk]: row i sees key j iff the q block of i lists the kv
+    block of j. Read straight from kv_num_blocks / kv_indices, entry by entry."""
+    cnt = np.asarray(to_f64(block_mask.kv_num_blocks)).astype(np.int64)
+    idx = np.asarray(to_f64(block_mask.kv_indices)).astype(np.int64)
+    qb, kvb = int(block_mask.q_block), int(block_mask.kv_block)
+    bm, hm, nq = cnt.shape
+    m = np.zeros((bm, hm, seqlen_q, seqlen_k), dtype=bool)
+    for b in range(bm):
+        for h in range(hm):
+            for i in range(nq):
+                for n in range(cnt[b, h, i]):
+                    j = idx[b, h, i, n]
+                    m[b, h, i * qb:(i + 1) * qb, j * kvb:(j + 1) * kvb] = True
+    return m
+
+
+def _block_sparse_masks(block_mask, b, hq, hkv, sq, sk, is_causal):
+    """[Hq, Sq, Sk] element mask of batch b (head axis Hq, Hkv or 1 broadcast)."""
+    m = block_sparse_element_mask(block_mask, sq, sk)
+    m = m[b if m.shape[0] > 1 else 0]
+    if m.shape[0] == hkv and hkv != hq:
+        m = np.repeat(m, hq // hkv, axis=0)
+    m = np.broadcast_to(m, (hq, sq, sk))
+    if is_causal:
+        m = m & fmha_mask(sq, sk, is_causal=True)[None]
+    return m
+
+
+def block_sparse_attention(
+    q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, lse) of attnkit.block_sparse_attention: dense attention
+    under the expanded element mask."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    lse = np.full(q.shape[:-1], -np.inf)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        out[b], lse[b] = masked_attention(q[b], k[b], v[b], m, scale)
+    return out, lse
+
+
+def block_sparse_attention_grad(
+    dout: Any, q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (dq, dk, dv) of attnkit.block_sparse_attention given dout."""
+    q, k, v, dout = to_f64(q), to_f64(k), to_f64(v), to_f64(dout)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        dq[b], dk[b], dv[b] = masked_attention_grad(q[b], k[b], v[b], m, dout[b], scale)
+    return dq, dk, dv
+
+
 # ---- linear ----
 # The float64 token-by-token recurrence of DESIGN §2.4 (no chunking), and its
 # gradient by the adjoint recurrence run backwards over tokens. Slow and

@@ -14,9 +14,11 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_block_sparse import block_sparse_attention
 from ._torch_linear import linear_attention, linear_attention_step  # linear attention ops
 
-__all__ = ["attention", "merge_attentions", "linear_attention", "linear_attention_step"]
+__all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "na2d", "na3d",
+           "block_sparse_attention", "linear_attention", "linear_attention_step"]
 
 
 def _stream(t: Tensor) -> int:
@@ -160,3 +162,6 @@ def _merge_torch(outs: List[Tensor], lses: List[Tensor]) -> Tuple[Tensor, Tensor
 def merge_attentions(outs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
     """Differentiable :func:`attnkit.merge_attentions` for torch tensors."""
     return _merge_torch(list(outs), list(lses))
+
+
+from ._torch_gna import na1d, na2d, na3d, neighborhood_attention  # noqa: E402

@@ -12,6 +12,10 @@
 //     int q_tile(const ProblemRef&, int64_t t, int64_t* tok) const;  // token ids, <= kQ
 //     template <class F> void for_each_kv_tile(const ProblemRef&, int64_t t, F&& f) const;
 //       // f(k0, k1, full): kv index range [k0, k1); full = no element is masked
+//       // or f(k0, k1, full, QueryVectors{bits}): only the 16-lane query vectors
+//       // whose bit is set (lanes [16v, 16v+16)) see keys of the range; the lanes of
+//       // the others see none, and the engine skips their GEMM work (their scores
+//       // are set to -inf). `full` then speaks of the set vectors only.
 //     void mask(const ProblemRef&, int64_t t, int64_t k0, int64_t nk, float* S) const;
 //       // S^T tile [nk][kQ]: set masked (key k0+j, query row i) entries to -inf
 //     template <class F> void for_each_problem_of_kv(int64_t kp, F&& f) const;  // f(p)
@@ -56,13 +60,16 @@ std::vector<std::pair<int64_t, int64_t>> q_work_items(const Sched& s) {
 
 // Walks the key chunks a q tile visits: the schedule's ranges [k0, k1), widened
 // to multiples of Math::kAlign and cut into chunks of at most `chunk` keys.
-// f(c0, nk, k0, k1, full) gets the chunk [c0, c0 + nk) and its range; after
-// score(), apply_masks() masks the widened keys and the schedule's elements.
+// f(c0, nk, k0, k1, full, bits) gets the chunk [c0, c0 + nk), its range and the
+// query vectors it reaches; after score(), apply_masks() masks the widened keys
+// and the schedule's elements.
 template <class Math, class Sched, class F>
 void for_each_chunk(const Sched& s, const ProblemRef& P, int64_t t, int64_t chunk, F&& f) {
-  s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full) {
+  s.for_each_kv_tile(P, t, [&](int64_t k0, int64_t k1, bool full, auto... qv) {
+    const uint32_t bits = active_vectors(qv...);
+    if (bits == 0) return;
     const int64_t a0 = k0 / Math::kAlign * Math::kAlign, a1 = round_up(k1, Math::kAlign);
-    for (int64_t c0 = a0; c0 < a1; c0 += chunk) f(c0, std::min(chunk, a1 - c0), k0, k1, full);
+    for (int64_t c0 = a0; c0 < a1; c0 += chunk) f(c0, std::min(chunk, a1 - c0), k0, k1, full, bits);
   });
 }
 
@@ -98,18 +105,23 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     const int64_t t = items[it].second;
     int64_t tok[kQ];
     const int n = s.q_tile(P, t, tok);
+    // The output rows are written last; their misses overlap the tile's work.
+    for (int i = 0; i < n; ++i)
+      prefetch_row(a.out.row(P.b, tok[i], P.hq), Dv * dtype_size(a.out.dtype), true);
 
     math.begin();
     math.fwd_load_q(P, tok, n, ws);
     std::fill(OT, OT + orows * kQ, 0.f);
     std::fill(m, m + kQ, -INFINITY);
     std::fill(l, l + kQ, 0.f);
-    for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full) {
-      math.scores(P.kvp, c0, nk, ws, ST);
+    for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
+                                           uint32_t bits) {
+      math.scores(P.kvp, c0, nk, ws, ST, bits);
       math.finish_scores(ST, nk, nullptr);
+      if (bits != kAllQueryVectors) fill_vectors(ST, nk, ~bits & kAllQueryVectors, -INFINITY);
       apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
       if (math.softmax(ST, nk, m, l, alpha, ws)) K.scale_rows(OT, orows, alpha);
-      math.pv(P.kvp, c0, nk, ST, ws, OT);
+      math.pv(P.kvp, c0, nk, ST, ws, OT, bits);
     });
     math.end();
 
@@ -225,12 +237,18 @@ void run_backward(const Sched& s, const EngineArgs& a, const Math& math, int thr
         lse2[i] = lse == -INFINITY ? INFINITY : lse * kLog2e;
       }
 
-      for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full) {
-        math.scores(P.kvp, c0, nk, math.bwd_qt(ws), ST);
+      for_each_chunk<Math>(s, P, t, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1,
+                                             bool full, uint32_t bits) {
+        math.scores(P.kvp, c0, nk, math.bwd_qt(ws), ST, bits);
         float* cg = a.softcap > 0 ? CG : nullptr;
         math.finish_scores(ST, nk, cg);
+        if (const uint32_t off = ~bits & kAllQueryVectors) {
+          // Inactive lanes get P = 0, and no stale value can make a NaN.
+          fill_vectors(ST, nk, off, -INFINITY);
+          if (cg) fill_vectors(cg, nk, off, 0.f);
+        }
         apply_masks(s, P, t, c0, nk, k0, k1, full, ST);
-        math.grad_step(P.kvp, c0, nk, n, ST, dPT, cg, lse2, delta, dKacc, dVacc, ws);
+        math.grad_step(P.kvp, c0, nk, n, ST, dPT, cg, lse2, delta, dKacc, dVacc, ws, bits);
       });
       math.store_dq(P, tok, n, ws);
     }

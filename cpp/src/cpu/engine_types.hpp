@@ -67,6 +67,19 @@ struct KvProblemRef {
   int64_t aux[4] = {};
 };
 
+// Rows of [B, S, H, D] operands are strided by H*D elements, which the hardware
+// prefetchers do not follow across pages: loops over rows ask for them ahead.
+constexpr int64_t kPrefetchRows = 8;
+inline void prefetch_row(const void* p, int64_t bytes, bool write = false) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (write)
+      __builtin_prefetch(c + o, 1);
+    else
+      __builtin_prefetch(c + o, 0);
+  }
+}
+
 struct EngineArgs {
   int64_t dqk = 0, dv = 0;
   float scale = 1.f;
@@ -80,5 +93,44 @@ struct EngineArgs {
   int threads = 0;
   int64_t kv_tile = 128;  // max keys per score tile
 };
+
+// Active query vectors (see for_each_kv_tile in engine.hpp): a schedule may tell
+// the engine that only some of a tile's kQ / kLanes query vectors (lanes
+// [16v, 16v+16)) see a key range; the others' work is skipped.
+constexpr uint32_t kAllQueryVectors = (1u << (kQ / kLanes)) - 1;
+struct QueryVectors {
+  uint32_t bits = kAllQueryVectors;
+};
+
+namespace detail {
+
+inline uint32_t active_vectors() { return kAllQueryVectors; }
+inline uint32_t active_vectors(QueryVectors qv) { return qv.bits & kAllQueryVectors; }
+
+// f(v0, v1) for each maximal run [v0, v1) of set bits; all bits = one run [0, kQ/kLanes).
+template <class F>
+void for_each_vector_run(uint32_t bits, F&& f) {
+  constexpr int nv = kQ / kLanes;
+  for (int v = 0; v < nv;) {
+    if (!((bits >> v) & 1u)) {
+      ++v;
+      continue;
+    }
+    int e = v + 1;
+    while (e < nv && ((bits >> e) & 1u)) ++e;
+    f(v, e);
+    v = e;
+  }
+}
+
+// Sets the lanes of the vectors in `which` to `value` in a tile [nk][kQ].
+inline void fill_vectors(float* S, int64_t nk, uint32_t which, float value) {
+  for (int v = 0; v < kQ / kLanes; ++v)
+    if ((which >> v) & 1u)
+      for (int64_t j = 0; j < nk; ++j)
+        std::fill(S + j * kQ + v * kLanes, S + j * kQ + (v + 1) * kLanes, value);
+}
+
+}  // namespace detail
 
 }  // namespace attnkit::cpu

@@ -61,6 +61,9 @@ class AmxMath {
     for_each_kv_row(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r, int64_t tok) {
       float* t = tmp.get() + (dmax + kLanes) * thread_index();
       const int64_t g = rows.base[kp] + r;
+      if (r + kPrefetchRows < kv.nk)  // strided rows defeat the hardware prefetchers
+        prefetch_row(a.k.row(kv.b, s.kv_token(kv, r + kPrefetchRows), kv.hkv),
+                     a.dqk * dtype_size(a.k.dtype));
       fetch_row(a.k, kv, tok, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_, t);
       if (backward) fetch_row(a.v, kv, tok, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_, t);
     });
@@ -99,10 +102,16 @@ class AmxMath {
     K_.transpose32(Qrows, ldk32_ / 2, kQ, ldk32_ / 2, QTv, kQ);
   }
 
-  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST) const {
+  // Active query vectors (bits) are column runs of 16: of Q^T VNNI (2 halves per
+  // query) and of the fp32 tiles.
+  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* ws, float* ST,
+              uint32_t bits = kAllQueryVectors) const {
     const uint16_t* QTv = reinterpret_cast<const uint16_t*>(ws);
     const uint16_t* k = detail::u16c(kb_) + (rows.base[kvp] + c0) * ldk32_;
-    B_.tile_gemm(nk, kQ, ldk32_, k, ldk32_, QTv, 2 * kQ, ST, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldk32_, k, ldk32_, QTv + 2 * kLanes * v0, 2 * kQ,
+                   ST + kLanes * v0, kQ, false);
+    });
   }
 
   void finish_scores(float* ST, int64_t nk, float* cap_grad) const {
@@ -114,9 +123,13 @@ class AmxMath {
     return B_.softmax_step_vnni(ST, nk, c_, m, l, alpha, fwd_pv(ws));
   }
 
-  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT) const {
+  void pv(int64_t kvp, int64_t c0, int64_t nk, const float*, float* ws, float* OT,
+          uint32_t bits = kAllQueryVectors) const {
     const uint16_t* vt = detail::u16c(vt_) + (rows.base[kvp] + c0) * dv16_;
-    B_.tile_gemm_ks(dv16_, kQ, nk, vt, 32, 32 * dv16_, fwd_pv(ws), 2 * kQ, OT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(dv16_, (v1 - v0) * kLanes, nk, vt, 32, 32 * dv16_,
+                      fwd_pv(ws) + 2 * kLanes * v0, 2 * kQ, OT + kLanes * v0, kQ, true);
+    });
   }
 
   // ---------------------------------------------------------------- backward
@@ -129,6 +142,8 @@ class AmxMath {
 
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
+    for (int i = 0; i < n; ++i)  // written by store_dq at the end of the tile
+      prefetch_row(a_.dq.row(P.b, tok[i], P.hq), a_.dqk * dtype_size(a_.dq.dtype), true);
     load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, b.Qrows);
     load_rows(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOrows);
     K_.transpose32(b.Qrows, ldk32_ / 2, kQ, ldk32_ / 2, b.QTv, kQ);
@@ -144,15 +159,24 @@ class AmxMath {
 
   void grad_step(int64_t kvp, int64_t c0, int64_t nk, int, float* ST, float* dPT,
                  const float* cap_grad, const float* lse2, const float* delta, float* dKacc,
-                 float* dVacc, float* ws) const {
+                 float* dVacc, float* ws, uint32_t bits = kAllQueryVectors) const {
     Bwd b = bwd_split(ws);
     const uint16_t* vrow = detail::u16c(vb_) + (rows.base[kvp] + c0) * ldv32_;
-    B_.tile_gemm(nk, kQ, ldv32_, vrow, ldv32_, b.dOTv, 2 * kQ, dPT, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm(nk, (v1 - v0) * kLanes, ldv32_, vrow, ldv32_, b.dOTv + 2 * kLanes * v0, 2 * kQ,
+                   dPT + kLanes * v0, kQ, false);
+    });
+    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
     B_.softmax_grad_bf16(ST, dPT, nk, c_, lse2, delta, a_.scale, cap_grad, b.P, b.dS, b.dSv);
+    // dV and dK contract over the queries (K = 64 in steps of 32): inactive lanes
+    // hold P = dS = 0 and add nothing.
     B_.tile_gemm(nk, dv16_, kQ, b.P, kQ, b.dOv, 2 * dv16_, dVacc + c0 * dv16_, dv16_, true);
     B_.tile_gemm(nk, d16_, kQ, b.dS, kQ, b.Qv, 2 * d16_, dKacc + c0 * d16_, d16_, true);
     const uint16_t* kt = detail::u16c(kt_) + (rows.base[kvp] + c0) * d16_;
-    B_.tile_gemm_ks(d16_, kQ, nk, kt, 32, 32 * d16_, b.dSv, 2 * kQ, b.dQT, kQ, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      B_.tile_gemm_ks(d16_, (v1 - v0) * kLanes, nk, kt, 32, 32 * d16_, b.dSv + 2 * kLanes * v0,
+                      2 * kQ, b.dQT + kLanes * v0, kQ, true);
+    });
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
@@ -189,6 +213,9 @@ class AmxMath {
   // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
   void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
                  int64_t width, uint16_t* out) const {
+    // The rows are one head of [B, S, H, D]: strided, so the hardware prefetchers
+    // do not see them coming; asking for all of them first overlaps the misses.
+    for (int i = 0; i < n; ++i) prefetch_row(L.row(P.b, tok[i], P.hq), 2 * dim);
     std::fill(out, out + kQ * width, uint16_t(0));
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }
@@ -222,6 +249,10 @@ class AmxMath {
       uint16_t* two = pairs + kChunk * dims;  // rows 2p and 2p+1
       float* f32 = base + kChunk * dims / 2 + dims;
       for (int64_t p = 0; p < nc / 2; ++p) {
+        if (r0 + 2 * p + kPrefetchRows + 1 < kv.nk)
+          for (int e = 0; e < 2; ++e)
+            prefetch_row(L.row(kv.b, s.kv_token(kv, r0 + 2 * p + kPrefetchRows + e), kv.hkv),
+                         dim * dtype_size(L.dtype));
         for (int e = 0; e < 2; ++e) {
           const int64_t r = r0 + 2 * p + e;
           if (r < kv.nk) fetch_row(L, kv, s.kv_token(kv, r), dim, dims, two + e * dims, f32);

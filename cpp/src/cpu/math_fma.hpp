@@ -97,9 +97,14 @@ class FmaMath {
     transpose_scaled(Qr, QT);
   }
 
-  // S^T[j][i] = k_j . q_i (scaled) for keys [c0, c0 + nk) of kv problem kvp.
-  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* QT, float* ST) const {
-    K_.gemm(nk, kQ / kLanes, a_.dqk, krow(kvp, c0), ldk_, 1, QT, kQ, ST, kQ, false);
+  // S^T[j][i] = k_j . q_i (scaled) for keys [c0, c0 + nk) of kv problem kvp, on the
+  // query vectors in `bits` (the others' lanes are left as they are).
+  void scores(int64_t kvp, int64_t c0, int64_t nk, const float* QT, float* ST,
+              uint32_t bits = kAllQueryVectors) const {
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      K_.gemm(nk, v1 - v0, a_.dqk, krow(kvp, c0), ldk_, 1, QT + v0 * kLanes, kQ,
+              ST + v0 * kLanes, kQ, false);
+    });
   }
 
   // Soft-capping (into the log2 domain); cap_grad (nullable) receives its derivative.
@@ -112,8 +117,12 @@ class FmaMath {
   }
 
   // O^T[d][i] += sum_j v_j[d] * P^T[j][i] (P^T overwrote S^T).
-  void pv(int64_t kvp, int64_t c0, int64_t nk, const float* PT, const float*, float* OT) const {
-    K_.gemm(a_.dv, kQ / kLanes, nk, vrow(kvp, c0), 1, ldv_, PT, kQ, OT, kQ, true);
+  void pv(int64_t kvp, int64_t c0, int64_t nk, const float* PT, const float*, float* OT,
+          uint32_t bits = kAllQueryVectors) const {
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      K_.gemm(a_.dv, v1 - v0, nk, vrow(kvp, c0), 1, ldv_, PT + v0 * kLanes, kQ, OT + v0 * kLanes,
+              kQ, true);
+    });
   }
 
   // ---------------------------------------------------------------- backward
@@ -140,14 +149,25 @@ class FmaMath {
   // P and dS (in place), then dV += P^T dO, dK += dS^T Q, dQ += dS K.
   void grad_step(int64_t kvp, int64_t c0, int64_t nk, int n, float* ST, float* dPT,
                  const float* cap_grad, const float* lse2, const float* delta, float* dKacc,
-                 float* dVacc, float* ws) const {
+                 float* dVacc, float* ws, uint32_t bits = kAllQueryVectors) const {
     float *QT, *Qr, *dOT, *dOr, *dQ;
     bwd_split(ws, &QT, &Qr, &dOT, &dOr, &dQ);
-    K_.gemm(nk, kQ / kLanes, a_.dv, vrow(kvp, c0), ldv_, 1, dOT, kQ, dPT, kQ, false);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      K_.gemm(nk, v1 - v0, a_.dv, vrow(kvp, c0), ldv_, 1, dOT + v0 * kLanes, kQ,
+              dPT + v0 * kLanes, kQ, false);
+    });
+    if (bits != kAllQueryVectors) detail::fill_vectors(dPT, nk, ~bits & kAllQueryVectors, 0.f);
     K_.softmax_grad(ST, dPT, nk, lse2, delta, a_.scale, cap_grad);
-    K_.gemm(nk, ldv_ / kLanes, n, ST, kQ, 1, dOr, ldv_, dVacc + c0 * ldv_, ldv_, true);
-    K_.gemm(nk, ldk_ / kLanes, n, dPT, kQ, 1, Qr, ldk_, dKacc + c0 * ldk_, ldk_, true);
-    K_.gemm(n, ldk_ / kLanes, nk, dPT, 1, kQ, krow(kvp, c0), ldk_, dQ, ldk_, true);
+    detail::for_each_vector_run(bits, [&](int v0, int v1) {
+      const int r0 = v0 * kLanes, r1 = std::min(v1 * kLanes, n);  // valid query rows
+      if (r1 <= r0) return;
+      K_.gemm(nk, ldv_ / kLanes, r1 - r0, ST + r0, kQ, 1, dOr + r0 * ldv_, ldv_, dVacc + c0 * ldv_,
+              ldv_, true);
+      K_.gemm(nk, ldk_ / kLanes, r1 - r0, dPT + r0, kQ, 1, Qr + r0 * ldk_, ldk_,
+              dKacc + c0 * ldk_, ldk_, true);
+      K_.gemm(r1 - r0, ldk_ / kLanes, nk, dPT + r0, 1, kQ, krow(kvp, c0), ldk_, dQ + r0 * ldk_,
+              ldk_, true);
+    });
   }
 
   void store_dq(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
