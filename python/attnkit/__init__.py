@@ -12,6 +12,18 @@ from typing import Any, Dict
 
 from . import _core
 from ._core import UnsupportedError
+from ._block_sparse import (
+    BlockMask,
+    block_sparse_attention,
+    block_sparse_attention_backward,
+)
+from ._block_sparse_select import (
+    pooled_block_scores,
+    sliding_window_block_mask,
+    streaming_block_mask,
+    threshold_block_mask,
+    topk_block_mask,
+)
 from ._fmha import (
     attention,
     attention_backward,
@@ -20,6 +32,7 @@ from ._fmha import (
     set_num_threads,
 )
 from ._gna import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_backward
+from ._linear import feature_map, linear_attention, linear_attention_backward, linear_attention_step
 
 __version__ = _core.build_info()["version"]
 
@@ -33,6 +46,18 @@ __all__ = [
     "na1d",
     "na2d",
     "na3d",
+    "BlockMask",
+    "block_sparse_attention",
+    "block_sparse_attention_backward",
+    "sliding_window_block_mask",
+    "streaming_block_mask",
+    "topk_block_mask",
+    "threshold_block_mask",
+    "pooled_block_scores",
+    "linear_attention",
+    "linear_attention_step",
+    "linear_attention_backward",
+    "feature_map",
     "set_num_threads",
     "get_num_threads",
     "set_cpu_isa",

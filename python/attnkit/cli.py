@@ -82,6 +82,8 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
     result = bench.run(opts, progress=None if not args.no_progress else False)
     print(bench.format_table(result["results"]))
+    for line in result.get("summary", []):
+        print(line)
     if args.json:
         bench.save_json(result, args.json)
         print(f"\nwrote {args.json}")

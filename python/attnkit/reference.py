@@ -280,3 +280,258 @@ def neighborhood_attention_grad(dout: Any, q: Any, k: Any, v: Any, kernel_size: 
     if ek is not None:
         grads += (dk[:, T:], dv[:, T:])
     return grads
+# ---- block_sparse ----
+def block_sparse_element_mask(block_mask: Any, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+    """Bool [Bm, Hm, Sq, Sk]: row i sees key j iff the q block of i lists the kv
+    block of j. Read straight from kv_num_blocks / kv_indices, entry by entry."""
+    cnt = np.asarray(to_f64(block_mask.kv_num_blocks)).astype(np.int64)
+    idx = np.asarray(to_f64(block_mask.kv_indices)).astype(np.int64)
+    qb, kvb = int(block_mask.q_block), int(block_mask.kv_block)
+    bm, hm, nq = cnt.shape
+    m = np.zeros((bm, hm, seqlen_q, seqlen_k), dtype=bool)
+    for b in range(bm):
+        for h in range(hm):
+            for i in range(nq):
+                for n in range(cnt[b, h, i]):
+                    j = idx[b, h, i, n]
+                    m[b, h, i * qb:(i + 1) * qb, j * kvb:(j + 1) * kvb] = True
+    return m
+
+
+def _block_sparse_masks(block_mask, b, hq, hkv, sq, sk, is_causal):
+    """[Hq, Sq, Sk] element mask of batch b (head axis Hq, Hkv or 1 broadcast)."""
+    m = block_sparse_element_mask(block_mask, sq, sk)
+    m = m[b if m.shape[0] > 1 else 0]
+    if m.shape[0] == hkv and hkv != hq:
+        m = np.repeat(m, hq // hkv, axis=0)
+    m = np.broadcast_to(m, (hq, sq, sk))
+    if is_causal:
+        m = m & fmha_mask(sq, sk, is_causal=True)[None]
+    return m
+
+
+def block_sparse_attention(
+    q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, lse) of attnkit.block_sparse_attention: dense attention
+    under the expanded element mask."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    lse = np.full(q.shape[:-1], -np.inf)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        out[b], lse[b] = masked_attention(q[b], k[b], v[b], m, scale)
+    return out, lse
+
+
+def block_sparse_attention_grad(
+    dout: Any, q: Any, k: Any, v: Any, block_mask: Any, *, is_causal: bool = False,
+    scale: Optional[float] = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 (dq, dk, dv) of attnkit.block_sparse_attention given dout."""
+    q, k, v, dout = to_f64(q), to_f64(k), to_f64(v), to_f64(dout)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b in range(q.shape[0]):
+        m = _block_sparse_masks(block_mask, b, q.shape[2], k.shape[2], q.shape[1], k.shape[1],
+                                is_causal)
+        dq[b], dk[b], dv[b] = masked_attention_grad(q[b], k[b], v[b], m, dout[b], scale)
+    return dq, dk, dv
+
+
+# ---- linear ----
+# The float64 token-by-token recurrence of DESIGN §2.4 (no chunking), and its
+# gradient by the adjoint recurrence run backwards over tokens. Slow and
+# obviously correct; the chunked kernels are compared against these.
+
+
+def _linear_sequences(q, cu_seqlens):
+    """(batch index or None, token slice) per sequence."""
+    if cu_seqlens is None:
+        return [(b, slice(None)) for b in range(q.shape[0])]
+    cu = np.asarray(to_f64(cu_seqlens)).astype(np.int64)
+    return [(None, slice(cu[i], cu[i + 1])) for i in range(len(cu) - 1)]
+
+
+def _linear_pick(x, b, sl):
+    return x[b] if b is not None else x[sl]
+
+
+def _linear_gate(g, b, sl, n_tok, heads):
+    """Per-token log gates [T, H] of one sequence (zeros without a gate)."""
+    if g is None:
+        return np.zeros((n_tok, heads))
+    g = to_f64(g)
+    if g.ndim == 1:
+        return np.broadcast_to(g, (n_tok, heads))
+    return _linear_pick(g, b, sl)
+
+
+def linear_attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    is_causal: bool = True,
+    g: Any = None,
+    scale: Optional[float] = None,
+    normalize: bool = False,
+    initial_state: Any = None,
+    cu_seqlens: Any = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """float64 (out, final_state) of attnkit.linear_attention: for each token,
+    S = exp(g_t) S + k_t^T v_t, z = exp(g_t) z + k_t, o_t = scale q_t S (divided
+    by scale q_t z when normalize, 0 where that is 0). Non-causal: S, z summed
+    over the whole sequence first."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    hq, hkv, dk, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    rep = hq // hkv
+    scale = dk ** -0.5 if scale is None else scale
+    seqs = _linear_sequences(q, cu_seqlens)
+    out = np.zeros((*q.shape[:-1], dv))
+    final = np.zeros((len(seqs), hq, dk, dv))
+    s0 = None if initial_state is None else to_f64(initial_state)
+    for n, (b, sl) in enumerate(seqs):
+        qb = _linear_pick(q, b, sl)
+        kb = np.repeat(_linear_pick(k, b, sl), rep, axis=1)  # the reference may repeat
+        vb = np.repeat(_linear_pick(v, b, sl), rep, axis=1)
+        T = qb.shape[0]
+        gb = _linear_gate(g, b, sl, T, hq)
+        S = np.zeros((hq, dk, dv)) if s0 is None else s0[n].copy()
+        z = np.zeros((hq, dk))
+        o = np.zeros((T, hq, dv))
+        den = np.ones((T, hq))
+        if is_causal:
+            for t in range(T):
+                a = np.exp(gb[t])[:, None]
+                S = a[:, :, None] * S + kb[t][:, :, None] * vb[t][:, None, :]
+                z = a * z + kb[t]
+                o[t] = scale * np.einsum("hd,hde->he", qb[t], S)
+                den[t] = scale * np.einsum("hd,hd->h", qb[t], z)
+        else:
+            S = S + np.einsum("thd,the->hde", kb, vb)
+            z = kb.sum(0)
+            o = scale * np.einsum("thd,hde->the", qb, S)
+            den = scale * np.einsum("thd,hd->th", qb, z)
+        if normalize:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                o = np.where(den[..., None] != 0, o / den[..., None], 0.0)
+        if b is not None:
+            out[b] = o
+        else:
+            out[sl] = o
+        final[n] = S
+    return out, final
+
+
+def linear_attention_grad(
+    dout: Any,
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    is_causal: bool = True,
+    g: Any = None,
+    scale: Optional[float] = None,
+    normalize: bool = False,
+    initial_state: Any = None,
+    dfinal_state: Any = None,
+    cu_seqlens: Any = None,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]:
+    """float64 (dq, dk, dv, dg, d_initial_state) of linear_attention, by the
+    adjoint recurrence: with dS = dL/dS_t and a_t = exp(g_t),
+    dq_t = scale dO_t S_t^T, dk_t = dS_t v_t, dv_t = k_t dS_t,
+    dg_t = a_t <dS_t, S_{t-1}>, dS_{t-1} = a_t dS_t + scale q_{t-1}^T dO_{t-1}
+    (plus the same for z with normalize). dg is None without g."""
+    q, k, v = to_f64(q), to_f64(k), to_f64(v)
+    dout = np.zeros((*q.shape[:-1], v.shape[-1])) if dout is None else to_f64(dout)
+    hq, hkv, dk, dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    rep = hq // hkv
+    scale = dk ** -0.5 if scale is None else scale
+    seqs = _linear_sequences(q, cu_seqlens)
+    s0 = None if initial_state is None else to_f64(initial_state)
+    dfin = None if dfinal_state is None else to_f64(dfinal_state)
+    gq = np.zeros_like(q)
+    gk = np.zeros_like(k)
+    gv = np.zeros_like(v)
+    gg = None if g is None else np.zeros(to_f64(g).shape)
+    ginit = np.zeros((len(seqs), hq, dk, dv))
+    for n, (b, sl) in enumerate(seqs):
+        qb, dob = _linear_pick(q, b, sl), _linear_pick(dout, b, sl)
+        kb = np.repeat(_linear_pick(k, b, sl), rep, axis=1)
+        vb = np.repeat(_linear_pick(v, b, sl), rep, axis=1)
+        T = qb.shape[0]
+        gb = _linear_gate(g, b, sl, T, hq)
+        a = np.exp(gb)  # [T, H]
+        S0 = np.zeros((hq, dk, dv)) if s0 is None else s0[n]
+        dS = np.zeros((hq, dk, dv)) if dfin is None else dfin[n].copy()
+        dq_b = np.zeros((T, hq, dk))
+        dk_b = np.zeros((T, hq, dk))
+        dv_b = np.zeros((T, hq, dv))
+        dg_b = np.zeros((T, hq))
+        if is_causal:
+            S = np.zeros((T + 1, hq, dk, dv))  # S[t + 1] = state after token t
+            Z = np.zeros((T + 1, hq, dk))
+            S[0] = S0
+            for t in range(T):
+                S[t + 1] = a[t][:, None, None] * S[t] + kb[t][:, :, None] * vb[t][:, None, :]
+                Z[t + 1] = a[t][:, None] * Z[t] + kb[t]
+            dZ = np.zeros((hq, dk))
+            for t in range(T - 1, -1, -1):
+                St, Zt = S[t + 1], Z[t + 1]
+                do = dob[t]
+                if normalize:
+                    num = scale * np.einsum("hd,hde->he", qb[t], St)
+                    den = scale * np.einsum("hd,hd->h", qb[t], Zt)
+                    ok = den != 0
+                    safe = np.where(ok, den, 1.0)
+                    dnum = np.where(ok[:, None], do / safe[:, None], 0.0)
+                    dden = np.where(ok, -np.einsum("he,he->h", do, num) / safe ** 2, 0.0)
+                else:
+                    dnum, dden = do, np.zeros(hq)
+                dS = dS + scale * qb[t][:, :, None] * dnum[:, None, :]
+                dZ = dZ + scale * qb[t] * dden[:, None]
+                dq_b[t] = scale * (np.einsum("he,hde->hd", dnum, St) + dden[:, None] * Zt)
+                dk_b[t] = np.einsum("hde,he->hd", dS, vb[t]) + dZ
+                dv_b[t] = np.einsum("hd,hde->he", kb[t], dS)
+                dg_b[t] = a[t] * (np.einsum("hde,hde->h", dS, S[t]) + np.einsum("hd,hd->h", dZ, Z[t]))
+                dS = a[t][:, None, None] * dS
+                dZ = a[t][:, None] * dZ
+            dinit = dS
+        else:
+            S = S0 + np.einsum("thd,the->hde", kb, vb)
+            Z = kb.sum(0)
+            num = scale * np.einsum("thd,hde->the", qb, S)
+            den = scale * np.einsum("thd,hd->th", qb, Z)
+            if normalize:
+                ok = den != 0
+                safe = np.where(ok, den, 1.0)
+                dnum = np.where(ok[..., None], dob / safe[..., None], 0.0)
+                dden = np.where(ok, -np.einsum("the,the->th", dob, num) / safe ** 2, 0.0)
+            else:
+                dnum, dden = dob, np.zeros((T, hq))
+            dS = dS + scale * np.einsum("thd,the->hde", qb, dnum)
+            dZ = scale * np.einsum("thd,th->hd", qb, dden)
+            dq_b = scale * (np.einsum("the,hde->thd", dnum, S) + dden[..., None] * Z)
+            dk_b = np.einsum("hde,the->thd", dS, vb) + dZ
+            dv_b = np.einsum("thd,hde->the", kb, dS)
+            dinit = dS
+        # fold GQA groups back onto the kv heads
+        dk_kv = dk_b.reshape(T, hkv, rep, dk).sum(2)
+        dv_kv = dv_b.reshape(T, hkv, rep, dv).sum(2)
+        if b is not None:
+            gq[b], gk[b], gv[b] = dq_b, dk_kv, dv_kv
+        else:
+            gq[sl], gk[sl], gv[sl] = dq_b, dk_kv, dv_kv
+        if gg is not None:
+            if gg.ndim == 1:
+                gg += dg_b.sum(0)
+            elif b is not None:
+                gg[b] = dg_b
+            else:
+                gg[sl] = dg_b
+        ginit[n] = dinit
+    return gq, gk, gv, gg, ginit

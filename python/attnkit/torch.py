@@ -14,8 +14,11 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_block_sparse import block_sparse_attention
+from ._torch_linear import linear_attention, linear_attention_step  # linear attention ops
 
-__all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "na2d", "na3d"]
+__all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "na2d", "na3d",
+           "block_sparse_attention", "linear_attention", "linear_attention_step"]
 
 
 def _stream(t: Tensor) -> int:

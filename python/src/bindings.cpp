@@ -37,6 +37,8 @@ NB_MODULE(_core, m) {
 
   attnkit_py::bind_fmha(m);
   attnkit_py::bind_gna(m);
+  attnkit_py::bind_block_sparse(m);
+  attnkit_py::bind_linear(m);
 
   m.def("build_info", []() {
     const attnkit::BuildInfo b = attnkit::build_info();

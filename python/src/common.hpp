@@ -81,5 +81,7 @@ struct OptView {
 // Each family's binding file defines one of these; bindings.cpp calls them all.
 void bind_fmha(nb::module_& m);
 void bind_gna(nb::module_& m);
+void bind_block_sparse(nb::module_& m);
+void bind_linear(nb::module_& m);
 
 }  // namespace attnkit_py

@@ -76,3 +76,5 @@ void set_cpu_isa(const std::string& name);
 }  // namespace attnkit
 
 #include "attnkit/gna.hpp"  // neighborhood attention (needs the declarations above)
+#include "attnkit/block_sparse.hpp"  // block-sparse attention (likewise)
+#include "attnkit/linear.hpp"  // linear attention (DESIGN §2.4)

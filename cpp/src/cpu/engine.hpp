@@ -239,6 +239,9 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     const int64_t t = items[it].second;
     int64_t tok[kQ];
     const int n = s.q_tile(P, t, tok);
+    // The output rows are written last; their misses overlap the tile's work.
+    for (int i = 0; i < n; ++i)
+      prefetch_row(a.out.row(P.b, tok[i], P.hq), Dv * dtype_size(a.out.dtype), true);
 
     math.begin();
     math.fwd_load_q(P, tok, n, ws);

@@ -68,6 +68,19 @@ struct KvProblemRef {
   int64_t aux[4] = {};
 };
 
+// Rows of [B, S, H, D] operands are strided by H*D elements, which the hardware
+// prefetchers do not follow across pages: loops over rows ask for them ahead.
+constexpr int64_t kPrefetchRows = 8;
+inline void prefetch_row(const void* p, int64_t bytes, bool write = false) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) {
+    if (write)
+      __builtin_prefetch(c + o, 1);
+    else
+      __builtin_prefetch(c + o, 0);
+  }
+}
+
 struct EngineArgs {
   int64_t dqk = 0, dv = 0;
   float scale = 1.f;

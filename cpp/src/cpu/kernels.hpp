@@ -182,13 +182,16 @@ struct CpuFeatures {
 CpuFeatures cpu_features();
 
 // ---- dtype conversion helpers shared by packing code (scalar; not hot) ----
-inline float bf16_to_float(uint16_t h) {
+// These helpers have internal linkage on purpose: the per-ISA kernel TUs include
+// this header with ISA flags, and a shared (COMDAT) inline copy built with
+// -mavx512f could be the one the linker keeps for the baseline code.
+static inline float bf16_to_float(uint16_t h) {
   uint32_t u = static_cast<uint32_t>(h) << 16;
   float f;
   __builtin_memcpy(&f, &u, 4);
   return f;
 }
-inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN stays NaN
+static inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN stays NaN
   uint32_t u;
   __builtin_memcpy(&u, &f, 4);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
@@ -200,10 +203,10 @@ uint16_t float_to_half(float f);
 
 // Row converters: widen n elements of `dtype` at src to fp32, and narrow back
 // (the kernel table's vectorised versions).
-inline void load_row(const void* src, DType dtype, int64_t n, float* dst) {
+static inline void load_row(const void* src, DType dtype, int64_t n, float* dst) {
   kernels().load_row(src, dtype, n, dst);
 }
-inline void store_row(const float* src, int64_t n, DType dtype, void* dst) {
+static inline void store_row(const float* src, int64_t n, DType dtype, void* dst) {
   kernels().store_row(src, n, dtype, dst);
 }
 

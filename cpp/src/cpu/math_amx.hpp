@@ -189,6 +189,8 @@ class AmxMath {
 
   void bwd_load_q(const ProblemRef& P, const int64_t* tok, int n, float* ws) const {
     Bwd b = bwd_split(ws);
+    for (int i = 0; i < n; ++i)  // written by store_dq at the end of the tile
+      prefetch_row(a_.dq.row(P.b, tok[i], P.hq), a_.dqk * dtype_size(a_.dq.dtype), true);
     load_rows(a_.q, P, tok, n, a_.dqk, ldk32_, b.Qrows);
     load_rows(a_.dout, P, tok, n, a_.dv, ldv32_, b.dOrows);
     K_.transpose32(b.Qrows, ldk32_ / 2, kQ, ldk32_ / 2, b.QTv, kQ);
@@ -267,6 +269,9 @@ class AmxMath {
   // bf16 rows of a query tile, [kQ][width], zero past n rows and past dim.
   void load_rows(const TokenLayout& L, const ProblemRef& P, const int64_t* tok, int n, int64_t dim,
                  int64_t width, uint16_t* out) const {
+    // The rows are one head of [B, S, H, D]: strided, so the hardware prefetchers
+    // do not see them coming; asking for all of them first overlaps the misses.
+    for (int i = 0; i < n; ++i) prefetch_row(L.row(P.b, tok[i], P.hq), 2 * dim);
     std::fill(out, out + kQ * width, uint16_t(0));
     for (int i = 0; i < n; ++i) std::memcpy(out + i * width, L.row(P.b, tok[i], P.hq), 2 * dim);
   }

@@ -262,7 +262,26 @@ def run(opts: Options, progress: Optional[bool] = None) -> Dict[str, Any]:
         rows.extend(run_case(case, opts.repeat))
         bar.advance()
     bar.close()
-    return {"environment": environment(opts.device), "results": rows}
+    result: Dict[str, Any] = {"environment": environment(opts.device), "results": rows}
+    summary = summaries(opts, rows)
+    if summary:
+        result["summary"] = summary
+    return result
+
+
+def summaries(opts: Options, rows: List[Dict[str, Any]]) -> List[str]:
+    """Lines from family modules that define ``summarize(rows)`` (e.g. the
+    crossover length of linear attention against dense attention)."""
+    out: List[str] = []
+    for fam in opts.families:
+        try:
+            mod = importlib.import_module(f"{__name__}.{fam}")
+        except ModuleNotFoundError:
+            continue
+        fn = getattr(mod, "summarize", None)
+        if fn is not None:
+            out.extend(fn([r for r in rows if r["family"] == fam]))
+    return out
 
 
 def save_json(result: Dict[str, Any], path: str) -> None:

@@ -1,0 +1,816 @@
+// attnkit CPU backend: linear attention (DESIGN §2.4) -- the chunked engine.
+//
+//   S_t = exp(g_t) S_{t-1} + k_t^T v_t,   o_t = scale q_t S_t
+//
+// A sequence is cut into chunks of kC = 64 tokens. Inside a chunk, with
+// D[i][j] = prod_{s=j+1..i} exp(g_s) for j <= i (0 above the diagonal),
+// ed[i] = prod_{s<=i} exp(g_s), ekB[j] = prod_{s>j} exp(g_s), eB = ed[n-1]:
+//
+//   O     = scale * (diag(ed) Q S_in + (Q K^T o D) V)        intra "left product"
+//   S_out = eB S_in + K^T diag(ekB) V                         inter "right product"
+//
+// Every decay factor is a product over a contiguous token range, computed as a
+// product of per-token factors exp(g_s) (never exp of a difference of large
+// cumulative sums, never exp(+large) times exp(-large)): for g <= 0 each factor
+// lies in [0, 1], so nothing overflows and strong decay only underflows to 0,
+// exactly like the recurrence. g = -inf resets the state exactly.
+//
+// This file holds the drivers and the fp32 chunk math: its products are the
+// kernel table's fp32 GEMM (KernelTable::gemm, the same micro-kernel as the
+// softmax engine), used for every dtype. bf16 inputs on AMX CPUs run the same
+// algorithm with bf16 tile GEMMs instead (linear_bf16.cpp); shared pieces are in
+// linear_impl.hpp. Parallel work items are (sequence, head)
+// units; when there are fewer units than threads can balance, long units are
+// cut into segments of chunks and run in three passes (local states of each
+// segment in parallel, a short sequential scan over segment states, then the
+// segments in parallel from their true initial states).
+//
+// The backward runs the chunks forward (state S, giving dq) and then backward
+// (adjoint state dH, giving dk, dv and d(initial_state)); dg comes from the
+// identity dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>,
+// accumulated in double and regrouped so that no large sums cancel (see
+// intra_dg, backward_reverse_segment, compute_dg). GQA partial dk/dv are summed
+// in a fixed order, so the result is reproducible run to run.
+#include "linear.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "linear_impl.hpp"
+
+namespace attnkit::cpu {
+
+namespace {
+
+using namespace lin;
+
+// ---------------------------------------------------------------- chunk math
+// Raw lower block triangle P[i][j] = A_i . BT[:, j] (block r: columns [0, 16(r+1))).
+void scores_lower_raw(const Ctx& c, int64_t n, int64_t kdim, const float* A, int64_t lda,
+                      const float* BT, float* P) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk)
+    c.K->gemm(std::min(kBlk, n - r0), r0 / kLanes + 1, kdim, A + r0 * lda, lda, 1, BT, kC,
+              P + r0 * kC, kC, false);
+}
+
+// P[i][j] = scale * D[i][j] * (A_i . BT[:, j]) on and below the diagonal, by
+// 16-row blocks (block r computes columns [0, 16(r+1)) only: the rest is zero
+// and never read).
+void scores_lower(const Ctx& c, int64_t n, int64_t kdim, const float* A, int64_t lda,
+                  const float* BT, const float* D, float* P) {
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0), cols = r0 + kBlk;
+    c.K->gemm(rows, cols / kLanes, kdim, A + r0 * lda, lda, 1, BT, kC, P + r0 * kC, kC, false);
+    for (int64_t i = r0; i < r0 + rows; ++i) {
+      float* p = P + i * kC;
+      const float* d = D + i * kC;
+      for (int64_t j = 0; j < cols; ++j) p[j] *= c.scale * d[j];
+    }
+  }
+}
+
+// O = diag(scale * ed) Q S_in + P V  (S null: S_in = 0). Needs Q, V, P (scores_lower on Q, K^T).
+void chunk_output(const Ctx& c, int64_t n, Bufs& b, const float* S, float* O) {
+  if (S) {
+    c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, O, c.ldv, false);
+    scale_rows(O, n, c.ldv, b.ed, c.scale);
+  } else {
+    std::fill(O, O + n * c.ldv, 0.f);
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0);
+    c.K->gemm(rows, c.ldv / kLanes, r0 + kBlk, b.P + r0 * kC, kC, 1, b.V, c.ldv, O + r0 * c.ldv,
+              c.ldv, true);
+  }
+}
+
+// S = eB S + sum_j ekB_j k_j^T v_j  (zero_in: S_in = 0). Needs K^T and V.
+void state_update(const Ctx& c, int64_t n, Bufs& b, float* S, bool zero_in) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = b.ekB[j];
+    const float* v = b.V + j * c.ldv;
+    float* vd = b.Vd + j * c.ldv;
+    for (int64_t e = 0; e < c.ldv; ++e) vd[e] = v[e] * a;
+  }
+  if (!zero_in) scale_all(S, c.dk * c.ldv, b.eB);
+  c.K->gemm(c.dk, c.ldv / kLanes, n, b.KT, kC, 1, b.Vd, c.ldv, S, c.ldv, !zero_in);
+}
+
+// S^T = eB S^T + sum_j ekB_j v_j^T k_j  (S^T [ldv][ldk]). Needs K rows and V rows.
+void state_update_T(const Ctx& c, int64_t n, Bufs& b, float* ST, bool zero_in) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float a = b.ekB[j];
+    const float* k = b.K + j * c.ldk;
+    float* kd = b.T1 + j * c.ldk;  // T1 is free here
+    for (int64_t d = 0; d < c.ldk; ++d) kd[d] = k[d] * a;
+  }
+  if (!zero_in) scale_all(ST, c.dve * c.ldk, b.eB);
+  c.K->gemm(c.dve, c.ldk / kLanes, n, b.V, 1, c.ldv, b.T1, c.ldk, ST, c.ldk, !zero_in);
+}
+
+// dH = eB dH + sum_i (scale ed_i q_i)^T dOa_i. Needs Q rows and dOa in b.dO.
+void adjoint_update(const Ctx& c, int64_t n, Bufs& b, float* dH, bool zero_in) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = b.ed[i] * c.scale;
+    const float* x = b.dO + i * c.ldv;
+    float* y = b.dOd + i * c.ldv;
+    for (int64_t e = 0; e < c.ldv; ++e) y[e] = x[e] * a;
+  }
+  if (!zero_in) scale_all(dH, c.dk * c.ldv, b.eB);
+  c.K->gemm(c.dk, c.ldv / kLanes, n, b.Q, 1, c.ldk, b.dOd, c.ldv, dH, c.ldv, !zero_in);
+}
+
+// ---------------------------------------------------------------- segment states (scan)
+// Holds one [ldk][ldv] state per segment of segmented units, plus segment decays.
+struct SegStates {
+  FloatBuffer buf;
+  std::vector<int64_t> slot;   // per segment: slot index or -1
+  std::vector<float> decay;    // per segment: product of exp(g) over its tokens
+  int64_t size = 0;
+  float* at(int64_t seg) { return buf.get() + slot[seg] * size; }
+};
+
+void init_seg_states(const Ctx& c, const Plan& pl, SegStates& ss) {
+  ss.size = c.ldk * c.ldv;
+  ss.slot.assign(pl.segs.size(), -1);
+  ss.decay.assign(pl.segs.size(), 1.f);
+  int64_t n = 0;
+  for (size_t u = 0; u < pl.first.size(); ++u)
+    if (pl.count[u] > 1)
+      for (int64_t s = 0; s < pl.count[u]; ++s) ss.slot[pl.first[u] + s] = n++;
+  if (n) ss.buf.reset(n * ss.size);
+}
+
+template <class F>
+void for_segments(const Plan& pl, int threads, bool only_segmented, F&& body) {
+  std::vector<int64_t> items;
+  for (int64_t i : pl.order)
+    if (!only_segmented || pl.count[pl.segs[i].u] > 1) items.push_back(i);
+  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) { body(items[it]); });
+}
+
+// Pass A + B of the forward recurrence: ss.at(seg) = the true state entering
+// each segment of every segmented unit (the first one's is the initial state).
+void forward_scan(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
+                  Scratch& scratch, int threads) {
+  for_segments(pl, threads, true, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    Decays dec;
+    dec.init(c, u);
+    float prod = 1.f;
+    if (sg.s + 1 < pl.count[sg.u] && c.amx) {
+      c.K->bf16->begin();
+      bf16_local_state(c, u, sg.c0, sg.c1, b, ss.at(si + 1), &prod);
+      c.K->bf16->end();
+    } else if (sg.s + 1 < pl.count[sg.u]) {  // local state of this segment, from 0
+      float* L = ss.at(si + 1);
+      bool zero = true;
+      for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+        const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+        dec.chunk(c, u, t, n, b, false);
+        pack_k(c, u, t, n, b, false, true);
+        pack_v(c, u, t, n, b, true, false);
+        state_update(c, n, b, L, zero);
+        zero = false;
+        prod *= b.eB;
+      }
+    } else {
+      prod = dec.total(c, u, sg.c0 * kC, std::min(u.T, sg.c1 * kC) - sg.c0 * kC);
+    }
+    ss.decay[si] = prod;
+  });
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    if (pl.count[ui] <= 1) return;
+    const int64_t f0 = pl.first[ui];
+    load_state(c, c.init, units[ui], ss.at(f0));
+    for (int64_t s = 1; s < pl.count[ui]; ++s) {
+      const float a = ss.decay[f0 + s - 1];
+      const float* prev = ss.at(f0 + s - 1);
+      float* cur = ss.at(f0 + s);
+      for (int64_t i = 0; i < ss.size; ++i) cur[i] += a * prev[i];
+    }
+  });
+}
+
+// ---------------------------------------------------------------- non-causal
+// o = scale q S, S = S_0 + sum_j k_j^T v_j over the whole sequence.
+//
+// The sums over tokens (S, and dS in the backward) run as GEMMs of depth up to
+// kNB tokens: a long K keeps the micro-kernel's accumulators in registers
+// instead of reloading the [Dk][Dv] sum every 64 tokens.
+constexpr int64_t kNB = 512;
+
+// Per-thread rows of the two operands of X += A^T B over a block of tokens.
+class TokenSum {
+ public:
+  TokenSum(const Ctx& c, int threads) : c_(c), per_(kNB * (c.ldk + c.ldv) + 32) {
+    buf_.reset(per_ * threads);
+  }
+  float* a(int64_t i) { return base() + i * c_.ldk; }            // [kNB][ldk]
+  float* b(int64_t i) { return base() + kNB * c_.ldk + i * c_.ldv; }  // [kNB][ldv]
+  // X += sum over the n buffered tokens of a_i^T b_i (X [ldk][ldv]).
+  void flush(int64_t n, float* X) {
+    if (n > 0) c_.K->gemm(c_.dk, c_.ldv / kLanes, n, a(0), 1, c_.ldk, b(0), c_.ldv, X, c_.ldv, true);
+  }
+
+ private:
+  float* base() { return buf_.get() + per_ * thread_index(); }
+  const Ctx& c_;
+  int64_t per_;
+  FloatBuffer buf_;
+};
+
+void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                     Scratch& scratch, int threads, FloatBuffer& states) {
+  (void)scratch;
+  const int64_t sz = c.ldk * c.ldv;
+  FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  TokenSum acc(c, threads);
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    float* L = parts.get() + si * sz;
+    std::fill(L, L + sz, 0.f);
+    const int64_t t0 = sg.c0 * kC, t1 = std::min(u.T, sg.c1 * kC);
+    int64_t m = 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      float* kr = acc.a(m);
+      float* vr = acc.b(m);
+      load_row(c.k.row(u.b, u.t0 + t, u.hkv), c.k.dt, c.dk, kr);
+      std::fill(kr + c.dk, kr + c.ldk, 0.f);
+      load_row(c.v.row(u.b, u.t0 + t, u.hkv), c.v.dt, c.dv, vr);
+      std::fill(vr + c.dv, vr + c.ldv, 0.f);
+      if (c.normalize) vr[c.dv] = 1.f;
+      if (++m == kNB || t + 1 == t1) {
+        acc.flush(m, L);
+        m = 0;
+      }
+    }
+  });
+  states.reset(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    float* S = states.get() + ui * sz;
+    load_state(c, c.init, units[ui], S);
+    for (int64_t s = 0; s < pl.count[ui]; ++s) {  // fixed order
+      const float* L = parts.get() + (pl.first[ui] + s) * sz;
+      for (int64_t i = 0; i < sz; ++i) S[i] += L[i];
+    }
+  });
+}
+
+void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                       Scratch& scratch, int threads) {
+  FloatBuffer states;
+  noncausal_state(c, units, pl, scratch, threads, states);
+  const int64_t sz = c.ldk * c.ldv;
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* S = states.get() + sg.u * sz;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, b.O, c.ldv, false);
+      scale_all(b.O, n * c.ldv, c.scale);
+      store_out(c, u, t, n, b.O, b.row);
+    }
+  });
+  if (c.fin.data)
+    parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+      save_state(c, states.get() + ui * sz, c.fin, units[ui]);
+    });
+}
+
+}  // namespace
+
+// ============================================================================ forward
+void linear_forward(const LinearProblem& p, int threads_req) {
+  Ctx c = make_ctx(p);
+  int64_t total = 0;
+  const std::vector<Unit> units = make_units(p, &total);
+  c.total = total;
+  if (units.empty()) return;
+  const int threads = resolve_threads(threads_req);
+  const Plan pl = make_plan(units, threads);
+  Scratch scratch(c, threads);
+
+  if (!c.causal) {
+    noncausal_forward(c, units, pl, scratch, threads);
+    return;
+  }
+
+  SegStates ss;
+  if (pl.segmented) {
+    init_seg_states(c, pl, ss);
+    forward_scan(c, units, pl, ss, scratch, threads);
+  }
+
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    Decays dec;
+    dec.init(c, u);
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, c.init, u, b.S);
+      zero = c.init.data == nullptr;
+    }
+    if (c.amx) {
+      pad_state_rows(c, b.S);
+      c.K->bf16->begin();
+      bf16_forward_chunks(c, u, sg.c0, sg.c1, b, b.S, zero, c.fin.data != nullptr);
+      c.K->bf16->end();
+      if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
+      return;
+    }
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+      dec.chunk(c, u, t, n, b, true);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      pack_k(c, u, t, n, b, false, true);
+      pack_v(c, u, t, n, b, true, false);
+      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
+      store_out(c, u, t, n, b.O, b.row);
+      const bool last_chunk = ch + 1 == u.chunks();
+      if (!last_chunk || c.fin.data) {
+        state_update(c, n, b, b.S, zero);
+        zero = false;
+      }
+    }
+    if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
+  });
+}
+
+// ============================================================================ backward
+namespace {
+
+using namespace lin;
+
+// Forward sweep of one segment: dq (and q.dq), dOa (normalize); ST / S carry the state.
+void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
+                              BwdWork& w) {
+  Decays dec;
+  dec.init(c, u);
+  for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+    dec.chunk(c, u, t, n, b, true);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    pack_k(c, u, t, n, b, true, c.normalize);
+    pack_v(c, u, t, n, b, true, true);
+    pack_dout(c, u, t, n, b.dO);
+    if (c.normalize) {
+      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
+      normalize_dout(c, n, b);
+      std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+    }
+    // Bm[i][j] = scale D_ij dOa_i . v_j ; dq = diag(scale ed) dOa S^T + Bm K
+    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+    float* dq = b.T1 + 0;  // [kC][ldk]; T1 is reused by state_update_T after dq is stored
+    if (!zero) {
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, b.ST, c.ldk, dq, c.ldk, false);
+      scale_rows(dq, n, c.ldk, b.ed, c.scale);
+    } else {
+      std::fill(dq, dq + n * c.ldk, 0.f);
+    }
+    if (w.want_dg)  // q . dq, inter-chunk part (the intra part of dg comes from the reverse sweep)
+      for (int64_t i = 0; i < n; ++i) {
+        const float* qi = b.Q + i * c.ldk;
+        const float* r = dq + i * c.ldk;
+        float s = 0.f;
+        for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
+        w.rq.get()[w.idx(c, u, t + i)] = s;
+      }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(rows, c.ldk / kLanes, r0 + kBlk, b.Bm + r0 * kC, kC, 1, b.K, c.ldk,
+                dq + r0 * c.ldk, c.ldk, true);
+    }
+    for (int64_t i = 0; i < n; ++i)
+      store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
+    if (ch + 1 < u.chunks()) {
+      state_update_T(c, n, b, b.ST, zero);
+      if (c.normalize) state_update(c, n, b, b.S, zero);
+      zero = false;
+    }
+  }
+}
+
+// Reverse sweep of one segment, chunks last to first: dk, dv (and the dg terms);
+// dH carries the adjoint of the state at the current chunk's end.
+//
+// With dg and dS_final both wanted ("split"), dH excludes dS_final, whose
+// decayed contribution E dS_final (E = decay from the chunk's end to T) is added
+// to dk and dv explicitly: then k.dk's inter part never contains it, and the
+// final state's part of dg is summed on its own (see compute_dg) -- otherwise
+// a rounding residual of size <dS_final, S_final> would reach every token.
+void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
+                              BwdWork& w, int64_t ui, float E) {
+  Decays dec;
+  dec.init(c, u);
+  const bool split = w.want_dg && c.dfin.data;
+  const float* F = split ? w.dfin_pad.get() + ui * c.ldk * c.ldv : nullptr;
+  float* dv = b.Vd;   // [kC][ldv]
+  float* XF = b.O;    // [kC][ldv] K dS_final
+  float* XT = b.T1;   // [ldk][kC] dk^T
+  float* dHt = b.ST;  // [ldk][ldv] dH + E dS_final (split)
+  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
+    dec.chunk(c, u, t, n, b, true);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    pack_k(c, u, t, n, b, false, true);
+    pack_v(c, u, t, n, b, false, true);
+    load_doa(c, u, t, n, b, w);
+    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+    scores_lower_raw(c, n, c.dk, b.Q, c.ldk, b.KT, b.P);
+    if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
+    decay_lower(c, n, b.D, b.P);
+    // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
+    if (!zero)
+      c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, b.dH, c.ldv, dv, c.ldv, false);
+    else
+      std::fill(dv, dv + n * c.ldv, 0.f);
+    if (split) c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, F, c.ldv, XF, c.ldv, false);
+    for (int64_t j = 0; j < n; ++j) {
+      float* x = dv + j * c.ldv;
+      if (w.want_dg) {  // k_j . dk_j, inter-chunk part = ekB_j (k_j dH) . v_j; and f_j
+        float s = 0.f, sf = 0.f;
+        for (int64_t e = 0; e < c.dve; ++e) s += x[e] * b.VT[e * kC + j];
+        w.rk.get()[w.idx(c, u, t + j)] = s * b.ekB[j];
+        if (split) {
+          for (int64_t e = 0; e < c.dv; ++e) sf += XF[j * c.ldv + e] * b.VT[e * kC + j];
+          w.rf.get()[w.idx(c, u, t + j)] = sf * b.ekB[j] * E;
+        }
+      }
+      const float a = b.ekB[j];
+      if (split)
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
+      else
+        for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(rows, c.ldv / kLanes, n - r0, b.P + r0 * kC + r0, 1, kC, b.dO + r0 * c.ldv, c.ldv,
+                dv + r0 * c.ldv, c.ldv, true);
+    }
+    store_R(c, u, t, n, dv, c.ldv, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr);
+    // dk^T[d][j] = ekB_j ((dH + E dS_final) V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
+    const float* H = b.dH;
+    if (split) {
+      for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : b.dH[i]) + E * F[i];
+      H = dHt;
+    }
+    if (!zero || split) {
+      c.K->gemm(c.dk, kC / kLanes, c.dve, H, c.ldv, 1, b.VT, kC, XT, kC, false);
+      scale_cols(XT, c.dk, kC, b.ekB, n);
+    } else {
+      std::fill(XT, XT + c.dk * kC, 0.f);
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+      const int64_t rows = std::min(kBlk, n - r0);
+      c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
+                kC, true);
+    }
+    store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+    adjoint_update(c, n, b, b.dH, zero);
+    zero = false;
+    E *= b.eB;
+  }
+  if (split && sg.s == 0) {
+    // d S_0 = dH + decay(0 -> T) dS_final; and <dS_final, decay(0 -> T) S_0> for dg
+    if (zero) std::fill(b.dH, b.dH + c.ldk * c.ldv, 0.f);
+    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) b.dH[i] += E * F[i];
+    if (c.init.data) {
+      const float* S0 = c.init.at(u.seq, u.hq);
+      double acc = 0;
+      for (int64_t d = 0; d < c.dk; ++d)
+        for (int64_t e = 0; e < c.dv; ++e)
+          acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
+      w.fin0[ui] = acc * E;
+    }
+  }
+}
+
+// Local adjoint of a segment (zero at its end): sum over its chunks of the
+// decayed scale q^T dOa terms, propagated to the segment start.
+void reverse_local(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* L,
+                   const BwdWork& w) {
+  Decays dec;
+  dec.init(c, u);
+  bool zero = true;
+  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    dec.chunk(c, u, t, n, b, false);
+    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+    load_doa(c, u, t, n, b, w);
+    adjoint_update(c, n, b, L, zero);
+    zero = false;
+  }
+}
+
+void reduce_gqa(const Ctx& c, const std::vector<Unit>& units, const BwdWork& w, int threads) {
+  // One item per (sequence, kv head, 64-token block); query heads of a group are
+  // summed in head order.
+  struct Item {
+    int64_t ui, t0, t1;
+  };
+  std::vector<Item> items;
+  for (size_t ui = 0; ui < units.size(); ++ui) {
+    const Unit& u = units[ui];
+    if (u.hq % c.group) continue;
+    for (int64_t t = 0; t < u.T; t += kC) items.push_back({static_cast<int64_t>(ui), t, std::min(u.T, t + kC)});
+  }
+  const int64_t m = c.ldmax();
+  parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
+    const Unit& u = units[items[it].ui];
+    std::vector<float> row(m);
+    for (int which = 0; which < 2; ++which) {
+      const float* part = which ? w.pdv.get() : w.pdk.get();
+      const int64_t ld = which ? c.ldv : c.ldk, dim = which ? c.dv : c.dk;
+      const Rows& dst = which ? c.dv_ : c.dk_;
+      for (int64_t t = items[it].t0; t < items[it].t1; ++t) {
+        std::fill(row.begin(), row.end(), 0.f);
+        for (int64_t gi = 0; gi < c.group; ++gi) {
+          const float* src = part + ((u.hq + gi) * c.total + u.off + t) * ld;
+          for (int64_t d = 0; d < dim; ++d) row[d] += src[d];
+        }
+        store_row(row.data(), dim, dst.dt, dst.row(u.b, u.t0 + t, u.hkv));
+      }
+    }
+  });
+}
+
+void compute_dg(const Ctx& c, const std::vector<Unit>& units, const BwdWork& w, int threads) {
+  const int64_t U = static_cast<int64_t>(units.size());
+  std::vector<double> head_total(U, 0.0);
+  parallel_for(U, threads, [&](int64_t ui) {
+    const Unit& u = units[ui];
+    double acc = 0, sum = 0;
+    const float* rq = w.rq.get() + w.idx(c, u, 0);
+    const float* rk = w.rk.get() + w.idx(c, u, 0);
+    const float* ri = w.ri.get() + w.idx(c, u, 0);
+    // dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>, regrouped so
+    // that no large sums cancel: the intra-chunk pairs come from ri (they cancel
+    // exactly in the inter-chunk sums), and the final state's part is the
+    // prefix sum fin0 + sum_{j<s} f_j instead of <dS_final, S_final> minus a
+    // suffix sum (rk excludes f).
+    std::vector<double> fpre;
+    if (c.dfin.data) {
+      const float* rf = w.rf.get() + w.idx(c, u, 0);
+      fpre.resize(u.T);
+      double p = w.fin0[ui];
+      for (int64_t t = 0; t < u.T; ++t) {
+        fpre[t] = p;
+        p += rf[t];
+      }
+    }
+    for (int64_t t = u.T - 1; t >= 0; --t) {
+      acc += static_cast<double>(rq[t]) - static_cast<double>(rk[t]);
+      const double dg = acc + ri[t] + (fpre.empty() ? 0.0 : fpre[t]);
+      if (c.dg.kind == GateKind::PerToken)
+        store_scalar(static_cast<float>(dg), c.dg.dt, c.dg.at(u.b, u.t0 + t, u.hq));
+      else
+        sum += dg;
+    }
+    head_total[ui] = sum;
+  });
+  if (c.dg.kind == GateKind::PerHead)
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      double s = 0;
+      for (int64_t ui = 0; ui < U; ++ui)  // units are sequence-major: fixed order
+        if (units[ui].hq == h) s += head_total[ui];
+      store_scalar(static_cast<float>(s), c.dg.dt, c.dg.at(0, 0, h));
+    }
+}
+
+void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
+                        Scratch& scratch, int threads, BwdWork& w) {
+  FloatBuffer states;  // S per unit [ldk][ldv]
+  noncausal_state(c, units, pl, scratch, threads, states);
+  const int64_t sz = c.ldk * c.ldv;
+  FloatBuffer statesT(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    transpose(states.get() + ui * sz, c.dk, c.dve, c.ldv, statesT.get() + ui * sz, c.ldk, c.ldv);
+  });
+  // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
+  FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
+  TokenSum acc(c, threads);
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* S = states.get() + sg.u * sz;
+    const float* ST = statesT.get() + sg.u * sz;
+    float* L = parts.get() + si * sz;
+    std::fill(L, L + sz, 0.f);
+    std::fill(b.ed, b.ed + kC, 1.f);
+    b.eB = 1.f;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+      pack_dout(c, u, t, n, b.dO);
+      if (c.normalize) {
+        c.K->gemm(n, c.ldv / kLanes, c.dk, b.Q, c.ldk, 1, S, c.ldv, b.O, c.ldv, false);
+        scale_all(b.O, n * c.ldv, c.scale);
+        normalize_dout(c, n, b);
+        std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+      }
+      float* dq = b.T1;
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, ST, c.ldk, dq, c.ldk, false);
+      scale_all(dq, n * c.ldk, c.scale);
+      for (int64_t i = 0; i < n; ++i)
+        store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
+      // buffer q rows and scale dOa rows for dS; a block is summed every kNB tokens
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t m = (t - sg.c0 * kC + i) % kNB;
+        std::memcpy(acc.a(m), b.Q + i * c.ldk, sizeof(float) * c.ldk);
+        float* y = acc.b(m);
+        const float* x = b.dO + i * c.ldv;
+        for (int64_t e = 0; e < c.ldv; ++e) y[e] = x[e] * c.scale;
+        if (m + 1 == kNB || t + i + 1 == std::min(u.T, sg.c1 * kC)) acc.flush(m + 1, L);
+      }
+    }
+  });
+  FloatBuffer dS(static_cast<int64_t>(units.size()) * sz);
+  parallel_for(static_cast<int64_t>(units.size()), threads, [&](int64_t ui) {
+    float* X = dS.get() + ui * sz;
+    load_state(c, c.dfin, units[ui], X);
+    for (int64_t s = 0; s < pl.count[ui]; ++s) {
+      const float* L = parts.get() + (pl.first[ui] + s) * sz;
+      for (int64_t i = 0; i < sz; ++i) X[i] += L[i];
+    }
+    if (c.dinit.data) save_state(c, X, c.dinit, units[ui]);
+  });
+  // dk^T = dS V^T, dv^T = dS^T K^T
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    const float* X = dS.get() + sg.u * sz;
+    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
+      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      pack_k(c, u, t, n, b, false, true);
+      pack_v(c, u, t, n, b, false, true);
+      float* XT = b.T1;
+      c.K->gemm(c.dve, kC / kLanes, c.dk, X, 1, c.ldv, b.KT, kC, XT, kC, false);
+      store_T(c, u, t, n, XT, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr, c.ldv, b.row);
+      c.K->gemm(c.dk, kC / kLanes, c.dve, X, c.ldv, 1, b.VT, kC, XT, kC, false);
+      store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+    }
+  });
+}
+
+}  // namespace
+
+void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
+  const LinearProblem& p = bp.fwd;
+  Ctx c = make_ctx(p);
+  c.has_dout = bp.has_dout;
+  c.dout = Rows::of(bp.dout, p.dtype);
+  c.dq = Rows::of(bp.dq, p.dtype);
+  c.dk_ = Rows::of(bp.dk, p.dtype);
+  c.dv_ = Rows::of(bp.dv, p.dtype);
+  c.dg = Gate::of(bp.dg);
+  c.dfin = bp.dfinal_state;
+  c.dinit = bp.dinitial_state;
+  c.hp = c.amx && c.dg.kind == GateKind::PerHead;
+  c.fin = StateOperand{};
+  int64_t total = 0;
+  const std::vector<Unit> units = make_units(p, &total);
+  c.total = total;
+  if (units.empty()) return;
+  const int threads = resolve_threads(threads_req);
+  const Plan pl = make_plan(units, threads);
+  Scratch scratch(c, threads);
+  const int64_t U = static_cast<int64_t>(units.size());
+
+  BwdWork w;
+  w.want_dg = c.dg.kind != GateKind::None;
+  w.gqa = c.group > 1;
+  w.fin0.assign(U, 0.0);
+  const int64_t rows_all = c.heads_q * total;
+  if (w.want_dg) {
+    w.rq.reset(rows_all);
+    w.rk.reset(rows_all);
+    w.ri.reset(rows_all);
+    if (c.dfin.data) {
+      w.rf.reset(rows_all);
+      w.dfin_pad.reset(U * c.ldk * c.ldv);
+      for (int64_t ui = 0; ui < U; ++ui)
+        load_state(c, c.dfin, units[ui], w.dfin_pad.get() + ui * c.ldk * c.ldv);
+    }
+  }
+  if (c.normalize) w.doa.reset(rows_all * c.ldv);
+  if (w.gqa) {
+    w.pdk.reset(rows_all * c.ldk);
+    w.pdv.reset(rows_all * c.ldv);
+  }
+
+  if (!c.causal) {
+    noncausal_backward(c, units, pl, scratch, threads, w);
+    if (w.gqa) reduce_gqa(c, units, w, threads);
+    return;
+  }
+
+  // ---- forward sweep: states entering each segment, then dq
+  SegStates ss;
+  if (pl.segmented) {
+    init_seg_states(c, pl, ss);
+    forward_scan(c, units, pl, ss, scratch, threads);
+  }
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, c.init, u, b.S);
+      zero = c.init.data == nullptr;
+    }
+    if (c.amx) {
+      pad_state_rows(c, b.S);
+      c.K->bf16->begin();
+      bf16_backward_forward(c, u, sg.c0, sg.c1, b, b.S, zero, w);
+      c.K->bf16->end();
+      return;
+    }
+    if (!zero) transpose(b.S, c.dk, c.dve, c.ldv, b.ST, c.ldk, c.ldv);
+    backward_forward_segment(c, u, sg, b, zero, w);
+  });
+
+  // ---- reverse sweep: adjoint states leaving each segment, then dk, dv
+  const bool split = w.want_dg && c.dfin.data;  // see backward_reverse_segment
+  SegStates hs;
+  if (pl.segmented) {
+    init_seg_states(c, pl, hs);
+    for_segments(pl, threads, true, [&](int64_t si) {
+      const Segment& sg = pl.segs[si];
+      if (sg.s == 0) return;
+      if (c.amx) {
+        c.K->bf16->begin();
+        bf16_reverse_local(c, units[sg.u], sg.c0, sg.c1, scratch.mine(), hs.at(si - 1), w);
+        c.K->bf16->end();
+        return;
+      }
+      reverse_local(c, units[sg.u], sg, scratch.mine(), hs.at(si - 1), w);
+    });
+    parallel_for(U, threads, [&](int64_t ui) {
+      if (pl.count[ui] <= 1) return;
+      const int64_t f0 = pl.first[ui], ns = pl.count[ui];
+      load_state(c, split ? StateOperand{} : c.dfin, units[ui], hs.at(f0 + ns - 1));
+      for (int64_t s = ns - 2; s >= 0; --s) {
+        const float a = ss.decay[f0 + s + 1];
+        const float* next = hs.at(f0 + s + 1);
+        float* cur = hs.at(f0 + s);
+        for (int64_t i = 0; i < hs.size; ++i) cur[i] += a * next[i];
+      }
+    });
+  }
+  for_segments(pl, threads, false, [&](int64_t si) {
+    const Segment& sg = pl.segs[si];
+    const Unit& u = units[sg.u];
+    Bufs& b = scratch.mine();
+    bool zero;
+    if (pl.count[sg.u] > 1) {
+      std::memcpy(b.dH, hs.at(si), sizeof(float) * c.ldk * c.ldv);
+      zero = false;
+    } else {
+      load_state(c, split ? StateOperand{} : c.dfin, u, b.dH);
+      zero = split || c.dfin.data == nullptr;
+    }
+    float E = 1.f;  // decay from the segment's end to the unit's end
+    for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) E *= ss.decay[pl.first[sg.u] + s2];
+    if (c.amx) {
+      pad_state_rows(c, b.dH);
+      c.K->bf16->begin();
+      bf16_backward_reverse(c, u, sg, b, b.dH, zero, w, sg.u, E);
+      c.K->bf16->end();
+    } else {
+      backward_reverse_segment(c, u, sg, b, zero, w, sg.u, E);
+    }
+    // After the first segment's chunks dH is the adjoint of S_0 (a unit without
+    // tokens passes dS_final straight through: S_final = S_0).
+    if (sg.s == 0 && c.dinit.data) save_state(c, b.dH, c.dinit, u);
+  });
+
+  if (w.gqa) reduce_gqa(c, units, w, threads);
+  if (w.want_dg) compute_dg(c, units, w, threads);
+}
+
+}  // namespace attnkit::cpu

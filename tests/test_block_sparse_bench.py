@@ -1,0 +1,46 @@
+"""The block-sparse benchmark cases: FLOP accounting and a smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from attnkit import reference as ref
+from attnkit.bench import block_sparse as bench_bs
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("S,block", [(256, 64), (300, 128), (130, 16)])
+def test_random_masks_and_attended_pairs(causal, S, block):
+    rng = np.random.default_rng(0)
+    bm = bench_bs.random_block_mask(rng, 3, S, block, 0.25, causal)
+    dense = bm.to_dense()
+    n = -(-S // block)
+    want_per_row = [max(1, round(0.25 * ((i + 1) if causal else n))) for i in range(n)]
+    assert (dense.sum(-1) == np.array(want_per_row)).all()
+    if causal:
+        assert all(dense[0, h, i, i] for h in range(3) for i in range(n))
+        assert not np.triu(dense[0, 0], 1).any()
+    em = ref.block_sparse_element_mask(bm, S, S)
+    if causal:
+        em = em & ref.fmha_mask(S, S, is_causal=True)
+    assert bench_bs.attended_pairs(dense, S, block, causal) == int(em.sum())
+
+
+def test_bench_smoke(tmp_path):
+    path = tmp_path / "bs.json"
+    r = subprocess.run([sys.executable, "-m", "attnkit", "bench", "--family", "block_sparse",
+                        "--shape", "S=256,H=2,block=64", "--dtype", "float32", "--repeat", "1",
+                        "--no-peers", "--json", str(path)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(path.read_text())["results"]
+    sparse = [x for x in rows if x["impl"] == "attnkit"]
+    assert len(sparse) == 6  # 3 densities x fwd, bwd
+    for x in sparse:
+        assert x["time_ms"] > 0 and x["speedup_vs_dense"] > 0 and x["bound"] > 1
+        assert x["fraction_of_bound"] == pytest.approx(x["speedup_vs_dense"] / x["bound"])

@@ -1,0 +1,249 @@
+"""Linear attention backward: dq, dk, dv, dg and d(initial_state).
+
+Three independent derivations agree: the kernels' chunked backward (dg through
+the q.dq - k.dk identity), the float64 adjoint recurrence in
+attnkit.reference, and torch float64 autograd through the plain token-by-token
+recurrence; plus central finite differences of the kernels' own forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DTYPES, GRAD_TOL, TOL, np_dtype, randn, rel_err
+from test_linear import GATE_CAUSAL, GC_IDS, make
+
+import attnkit
+from attnkit import reference as ref
+
+torch = pytest.importorskip("torch")
+
+
+def grad_err(got, want) -> float:
+    """rel_err, but for gradients that are exactly 0 in exact arithmetic (e.g.
+    normalize with one token) an absolute floor keeps round-off from failing."""
+    w = np.asarray(want, np.float64)
+    if np.abs(w).max() < 1e-9:
+        return float(np.abs(np.asarray(got, np.float64)).max())
+    return rel_err(got, want)
+
+
+def torch_recurrence(q, k, v, g, s0, scale, normalize, causal):
+    """float64 autograd reference: the recurrence written with torch ops."""
+    B, S, Hq, Dk = q.shape
+    rep = Hq // k.shape[2]
+    k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+    st = s0 if s0 is not None else torch.zeros(B, Hq, Dk, v.shape[-1], dtype=q.dtype)
+    z = torch.zeros(B, Hq, Dk, dtype=q.dtype)
+    if not causal:
+        st = st + torch.einsum("bthd,bthe->bhde", k, v)
+        o = scale * torch.einsum("bthd,bhde->bthe", q, st)
+        if normalize:
+            o = o / (scale * torch.einsum("bthd,bhd->bth", q, k.sum(1)))[..., None]
+        return o, st
+    outs = []
+    for t in range(S):
+        if g is None:
+            a = torch.ones(B, Hq, dtype=q.dtype)
+        elif g.dim() == 1:
+            a = torch.exp(g)[None].expand(B, Hq)
+        else:
+            a = torch.exp(g[:, t])
+        st = a[..., None, None] * st + k[:, t, :, :, None] * v[:, t, :, None, :]
+        z = a[..., None] * z + k[:, t]
+        o = scale * torch.einsum("bhd,bhde->bhe", q[:, t], st)
+        if normalize:
+            o = o / (scale * torch.einsum("bhd,bhd->bh", q[:, t], z))[..., None]
+        outs.append(o)
+    return torch.stack(outs, 1), st
+
+
+def autograd_reference(q, k, v, g, s0, do, dfin, normalize, causal):
+    T = lambda x: None if x is None else torch.tensor(np.asarray(x, np.float64), requires_grad=True)  # noqa: E731
+    tq, tk, tv, tg, ts = T(q), T(k), T(v), T(g), T(s0)
+    o, f = torch_recurrence(tq, tk, tv, tg, ts, q.shape[-1] ** -0.5, normalize, causal)
+    loss = (o * torch.tensor(np.asarray(do, np.float64))).sum()
+    if dfin is not None:
+        loss = loss + (f * torch.tensor(dfin, dtype=torch.float64)).sum()
+    loss.backward()
+    return [None if x is None else x.grad.numpy() for x in (tq, tk, tv, tg, ts)]
+
+
+CASES = [  # (shape, gate, causal, normalize, states)
+    ((1, 1, 1, 1, 8, 8), "head", True, False, True),
+    ((2, 63, 2, 1, 24, 40), None, True, False, True),
+    ((1, 65, 3, 3, 17, 33), "token", True, False, True),
+    ((2, 70, 4, 2, 24, 16), "head", True, True, False),
+    ((1, 129, 2, 1, 40, 24), "token", True, True, False),
+    ((2, 50, 4, 2, 16, 24), None, False, False, True),
+    ((1, 66, 2, 2, 24, 40), None, False, True, False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "S{}_{}_{}{}{}".format(
+    c[0][1], c[1] or "nogate", "causal" if c[2] else "noncausal", "_norm" if c[3] else "",
+    "_states" if c[4] else ""))
+def test_reference_grad_matches_torch_autograd(rng, case):
+    shape, gate, causal, normalize, states = case
+    q, k, v, g, s0 = make(rng, shape, gate=gate, state=states, positive=normalize)
+    do = randn(rng, (*q.shape[:-1], v.shape[-1]), "float32")
+    dfin = randn(rng, (shape[0], shape[2], shape[4], shape[5]), "float32") if states else None
+    want = autograd_reference(q, k, v, g, s0, do, dfin, normalize, causal)
+    got = ref.linear_attention_grad(do, q, k, v, g=g, normalize=normalize, initial_state=s0,
+                                    dfinal_state=dfin, is_causal=causal)
+    for a, b in zip(got, want):
+        if b is not None:
+            assert grad_err(a, b) < 1e-10
+
+
+SHAPES = [
+    (1, 1, 1, 1, 8, 8),
+    (2, 7, 4, 2, 16, 24),
+    (1, 63, 3, 1, 24, 40),
+    (2, 64, 2, 2, 33, 17),
+    (1, 65, 2, 1, 72, 56),
+    (1, 129, 4, 4, 40, 24),
+    (1, 1000, 2, 1, 64, 48),
+]
+
+
+def _check_backward(rng, shape, dtype, gate, states, normalize=False, causal=True, dout=True):
+    q, k, v, g, s0 = make(rng, shape, dtype, gate=gate, state=states, positive=normalize)
+    do = randn(rng, (*q.shape[:-1], v.shape[-1]), dtype) if dout else None
+    dfin = randn(rng, (shape[0], shape[2], shape[4], shape[5]), "float32") if states else None
+    got = attnkit.linear_attention_backward(do, q, k, v, g=g, normalize=normalize, initial_state=s0,
+                                            dfinal_state=dfin, is_causal=causal)
+    want = ref.linear_attention_grad(do, q, k, v, g=g, normalize=normalize, initial_state=s0,
+                                     dfinal_state=dfin, is_causal=causal)
+    names = ["dq", "dk", "dv", "dg", "dinit"]
+    for name, a, b, x in zip(names, got, want, (q, k, v, g, s0)):
+        if x is None:
+            assert a is None, name
+            continue
+        assert a.shape == x.shape and a.dtype == x.dtype, name
+        tol = GRAD_TOL[dtype] if name in ("dq", "dk", "dv") else GRAD_TOL[dtype] * 2
+        assert grad_err(a, b) < tol, (name, grad_err(a, b))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_S{}_H{}-{}_Dk{}_Dv{}".format(*s))
+@pytest.mark.parametrize("gate", [None, "head", "token"], ids=lambda g: g or "nogate")
+@pytest.mark.parametrize("states", [False, True], ids=["nostate", "states"])
+def test_backward_float32(rng, shape, gate, states):
+    _check_backward(rng, shape, "float32", gate, states)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("gate,causal", GATE_CAUSAL, ids=GC_IDS)
+@pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalize"])
+def test_backward_dtypes(rng, dtype, gate, causal, normalize):
+    _check_backward(rng, (2, 130, 4, 2, 24, 40), dtype, gate, states=not normalize,
+                    normalize=normalize, causal=causal)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("shape", [(1, 70, 2, 1, 8, 8), (2, 65, 2, 2, 8, 136), (1, 130, 1, 1, 136, 8)],
+                         ids=["Dk8_Dv8", "Dk8_Dv136", "Dk136_Dv8"])
+@pytest.mark.parametrize("gate", [None, "head", "token"], ids=lambda g: g or "nogate")
+def test_backward_small_and_lopsided_head_dims(rng, dtype, shape, gate):
+    """Head dims far below and above the 64-token chunk (the AMX path's tiles
+    and scratch are sized by both)."""
+    _check_backward(rng, shape, dtype, gate, states=True)
+
+
+def test_backward_only_final_state_gradient(rng):
+    """dout absent (None): the gradient comes from the final state alone."""
+    _check_backward(rng, (2, 100, 2, 2, 16, 24), "float32", "token", states=True, dout=False)
+
+
+@pytest.mark.parametrize("gate,causal", GATE_CAUSAL, ids=GC_IDS)
+def test_backward_varlen(rng, gate, causal):
+    lens = [5, 0, 64, 130, 1, 70]
+    cu = np.cumsum([0] + lens).astype(np.int32)
+    T, Hq, Hkv, Dk, Dv = int(cu[-1]), 4, 2, 24, 40
+    q, k = randn(rng, (T, Hq, Dk), "float32"), randn(rng, (T, Hkv, Dk), "float32")
+    v, do = randn(rng, (T, Hkv, Dv), "float32"), randn(rng, (T, Hq, Dv), "float32")
+    g = {None: None, "head": -rng.uniform(0.01, 1, Hq).astype(np.float32),
+         "token": -rng.uniform(0, 1, (T, Hq)).astype(np.float32)}[gate]
+    s0 = randn(rng, (len(lens), Hq, Dk, Dv), "float32")
+    dfin = randn(rng, (len(lens), Hq, Dk, Dv), "float32")
+    kw = dict(g=g, initial_state=s0, dfinal_state=dfin, is_causal=causal, cu_seqlens=cu)
+    got = attnkit.linear_attention_backward(do, q, k, v, **kw)
+    want = ref.linear_attention_grad(do, q, k, v, **kw)
+    for a, b in zip(got, want):
+        if a is not None:
+            assert rel_err(a, b) < GRAD_TOL["float32"]
+    # the empty sequence: S_final = S_0, so d S_0 = d S_final
+    np.testing.assert_array_equal(got[4][1], dfin[1])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("H", [1, 3])
+def test_backward_segmented(rng, threads, H):
+    attnkit.set_num_threads(threads)
+    try:
+        _check_backward(rng, (1, 1100, H, H, 32, 24), "float32", "token", states=True)
+        _check_backward(rng, (1, 700, H, H, 16, 16), "float32", "head", states=False,
+                        normalize=True)
+    finally:
+        attnkit.set_num_threads(0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_backward_is_deterministic(rng, dtype):
+    q, k, v, g, s0 = make(rng, (2, 300, 4, 2, 32, 24), dtype, gate="token", state=True)
+    do = randn(rng, (2, 300, 4, 24), dtype)
+    first = attnkit.linear_attention_backward(do, q, k, v, g=g, initial_state=s0)
+    for threads in (0, 0, 1, 2):  # 8 (batch, head) units: the same schedule for 1 or 2 threads
+        attnkit.set_num_threads(threads)
+        try:
+            again = attnkit.linear_attention_backward(do, q, k, v, g=g, initial_state=s0)
+        finally:
+            attnkit.set_num_threads(0)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("gate", ["head", "token"])
+def test_dg_finite_differences(rng, gate):
+    """dg and d(initial_state) against central differences of the kernels' own
+    forward (float32, a smooth loss, a few coordinates)."""
+    q, k, v, g, s0 = make(rng, (1, 90, 2, 2, 8, 8), gate=gate, state=True, gate_range=(0.0, 0.5))
+    w = randn(rng, (1, 90, 2, 8), "float32")
+    wf = randn(rng, (1, 2, 8, 8), "float32")
+
+    def loss(gg, ss):
+        o, f = attnkit.linear_attention(q, k, v, g=gg, initial_state=ss, return_final_state=True)
+        return float((o.astype(np.float64) * w).sum() + (f.astype(np.float64) * wf).sum())
+
+    _, _, _, dg, dinit = attnkit.linear_attention_backward(w, q, k, v, g=g, initial_state=s0,
+                                                           dfinal_state=wf)
+    eps = 1e-2
+    for idx in ([(0,), (1,)] if gate == "head" else [(0, 0, 0), (0, 45, 1), (0, 89, 0)]):
+        gp, gm = g.copy(), g.copy()
+        gp[idx] += eps
+        gm[idx] -= eps
+        fd = (loss(gp, s0) - loss(gm, s0)) / (2 * eps)
+        assert abs(fd - dg[idx]) <= 2e-3 * max(1.0, abs(fd)), (idx, fd, dg[idx])
+    for idx in [(0, 0, 0, 0), (0, 1, 3, 5)]:
+        sp, sm = s0.copy(), s0.copy()
+        sp[idx] += eps
+        sm[idx] -= eps
+        fd = (loss(g, sp) - loss(g, sm)) / (2 * eps)
+        assert abs(fd - dinit[idx]) <= 2e-3 * max(1.0, abs(fd)), (idx, fd, dinit[idx])
+
+
+def test_long_strong_decay_gradients_finite(rng):
+    """20,000 tokens, strong per-token decay and large inputs: finite gradients
+    that match the float64 adjoint recurrence."""
+    B, S, H, D = 1, 20_000, 1, 16
+    q = (rng.standard_normal((B, S, H, D)) * 1e2).astype(np.float32)
+    k = (rng.standard_normal((B, S, H, D)) * 1e2).astype(np.float32)
+    v = (rng.standard_normal((B, S, H, D)) * 1e2).astype(np.float32)
+    g = -rng.uniform(0, 30, (B, S, H)).astype(np.float32)
+    g[:, ::997] = -np.inf
+    do = randn(rng, (B, S, H, D), "float32")
+    got = attnkit.linear_attention_backward(do, q, k, v, g=g)
+    want = ref.linear_attention_grad(do, q, k, v, g=g)
+    for a, b in zip(got[:4], want[:4]):
+        assert np.isfinite(a).all()
+        assert rel_err(a, b) < GRAD_TOL["float32"]
