@@ -81,3 +81,25 @@ def test_concurrent_calls_from_threads(rng):
         got = list(ex.map(lambda x: attnkit.attention(*x), inputs))
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_large_torch_outputs_get_huge_page_advice(monkeypatch):
+    # Large torch outputs are advised to use huge pages (attnkit._tensors); the
+    # advice covers only whole 2 MiB pages inside the buffer, and results are
+    # the same with it turned off.
+    torch = pytest.importorskip("torch")
+    from attnkit import _core, _tensors
+
+    assert _core._advise_huge_pages(4096, 4096) is False  # no whole huge page inside
+    seen = []
+    monkeypatch.setattr(_core, "_advise_huge_pages", lambda p, n: seen.append((p, n)) or True)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4096, 2, 256, generator=g)  # out: 8 MiB, over the 4 MiB threshold
+    out = attnkit.linear_attention(q, q, q, g=torch.full((2,), -0.1))
+    assert (out.data_ptr(), out.numel() * 4) in seen
+    small = attnkit.linear_attention(q[:, :64], q[:, :64], q[:, :64])
+    assert all(p != small.data_ptr() for p, _ in seen)
+    monkeypatch.setattr(_tensors, "_HUGE_PAGES", False)
+    seen.clear()
+    off = attnkit.linear_attention(q, q, q, g=torch.full((2,), -0.1))
+    assert not seen and torch.equal(off, out)
