@@ -32,29 +32,16 @@ void attention_backward(const TensorView& dout, const TensorView& q, const Tenso
   FmhaBackwardProblem bp;
   bp.fwd = make_fmha_problem(fn, q, k, v, out, &lse, opts);
   const bool varlen = bp.fwd.varlen();
-  auto same_shape_as = [&](const char* name, const TensorView& t, const char* ref_name,
-                           const TensorView& ref) {
-    std::vector<int64_t> s(ref.shape, ref.shape + ref.ndim);
-    bool ok = t.ndim == ref.ndim && std::equal(s.begin(), s.end(), t.shape);
-    AK_CHECK(ok, InvalidArgument, fn, ": ", name, " must have the shape of ", ref_name, " ",
-             ref.shape_str(), ", got ", t.shape_str());
-    check::same_dtype(fn, name, t, ref_name, ref);
-    check::same_device(fn, name, t, ref_name, ref);
-    check::unit_inner_stride(fn, name, t);
-    check::has_data(fn, name, t);
-  };
-  same_shape_as("dout", dout, "out", out);
-  same_shape_as("dq", dq, "q", q);
-  same_shape_as("dk", dk, "k", k);
-  same_shape_as("dv", dv, "v", v);
+  check::like(fn, "dout", dout, "out", out);
+  check::like(fn, "dq", dq, "q", q);
+  check::like(fn, "dk", dk, "k", k);
+  check::like(fn, "dv", dv, "v", v);
   bp.dout = operand_of(dout, varlen);
   bp.dq = operand_of(dq, varlen);
   bp.dk = operand_of(dk, varlen);
   bp.dv = operand_of(dv, varlen);
   if (dlse) {
-    same_shape_as("dlse", *dlse, "lse", lse);
-    AK_CHECK(std::equal(lse.stride, lse.stride + lse.ndim, dlse->stride), InvalidArgument, fn,
-             ": dlse must have the strides of lse");
+    check::dlse_like(fn, *dlse, lse);
     bp.dlse = static_cast<const float*>(dlse->data);
   }
   if (bp.fwd.batch == 0) return;

@@ -144,28 +144,16 @@ void block_sparse_attention_backward(const TensorView& dout, const TensorView& q
   const char* fn = "block_sparse_attention_backward";
   BlockSparseBackwardProblem bp;
   bp.fwd = make_problem(fn, q, k, v, mask, out, &lse, opts);
-  auto like = [&](const char* name, const TensorView& t, const char* ref_name,
-                  const TensorView& ref) {
-    const bool ok = t.ndim == ref.ndim && std::equal(ref.shape, ref.shape + ref.ndim, t.shape);
-    AK_CHECK(ok, InvalidArgument, fn, ": ", name, " must have the shape of ", ref_name, " ",
-             ref.shape_str(), ", got ", t.shape_str());
-    check::same_dtype(fn, name, t, ref_name, ref);
-    check::same_device(fn, name, t, ref_name, ref);
-    check::unit_inner_stride(fn, name, t);
-    check::has_data(fn, name, t);
-  };
-  like("dout", dout, "out", out);
-  like("dq", dq, "q", q);
-  like("dk", dk, "k", k);
-  like("dv", dv, "v", v);
+  check::like(fn, "dout", dout, "out", out);
+  check::like(fn, "dq", dq, "q", q);
+  check::like(fn, "dk", dk, "k", k);
+  check::like(fn, "dv", dv, "v", v);
   bp.dout = operand_of(dout, false);
   bp.dq = operand_of(dq, false);
   bp.dk = operand_of(dk, false);
   bp.dv = operand_of(dv, false);
   if (dlse) {
-    like("dlse", *dlse, "lse", lse);
-    AK_CHECK(std::equal(lse.stride, lse.stride + lse.ndim, dlse->stride), InvalidArgument, fn,
-             ": dlse must have the strides of lse");
+    check::dlse_like(fn, *dlse, lse);
     bp.dlse = static_cast<const float*>(dlse->data);
   }
   if (bp.fwd.attn.batch == 0) return;

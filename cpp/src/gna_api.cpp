@@ -209,36 +209,24 @@ void neighborhood_attention_backward(const TensorView& dout, const TensorView& q
   NaBackwardProblem bp;
   bp.fwd = make_na_problem(fn, q, k, v, out, &lse, opts);
   const int nd = bp.fwd.ndim;
-  auto same_shape_as = [&](const char* name, const TensorView& t, const char* ref_name,
-                           const TensorView& ref) {
-    const bool ok = t.ndim == ref.ndim && std::equal(ref.shape, ref.shape + ref.ndim, t.shape);
-    AK_CHECK(ok, InvalidArgument, fn, ": ", name, " must have the shape of ", ref_name, " ",
-             ref.shape_str(), ", got ", t.shape_str());
-    check::same_dtype(fn, name, t, ref_name, ref);
-    check::same_device(fn, name, t, ref_name, ref);
-    check::unit_inner_stride(fn, name, t);
-    check::has_data(fn, name, t);
-  };
-  same_shape_as("dout", dout, "out", out);
-  same_shape_as("dq", dq, "q", q);
-  same_shape_as("dk", dk, "k", k);
-  same_shape_as("dv", dv, "v", v);
+  check::like(fn, "dout", dout, "out", out);
+  check::like(fn, "dq", dq, "q", q);
+  check::like(fn, "dk", dk, "k", k);
+  check::like(fn, "dv", dv, "v", v);
   bp.dout = na_operand(dout, nd);
   bp.dq = na_operand(dq, nd);
   bp.dk = na_operand(dk, nd);
   bp.dv = na_operand(dv, nd);
   if (dlse) {
-    same_shape_as("dlse", *dlse, "lse", lse);
-    AK_CHECK(std::equal(lse.stride, lse.stride + lse.ndim, dlse->stride), InvalidArgument, fn,
-             ": dlse must have the strides of lse");
+    check::dlse_like(fn, *dlse, lse);
     bp.dlse = static_cast<const float*>(dlse->data);
   }
   if (opts.additional_keys) {
     AK_CHECK(d_additional_keys && d_additional_values, InvalidArgument, fn,
              ": with additional_keys/values, d_additional_keys and d_additional_values are required");
-    same_shape_as("d_additional_keys", *d_additional_keys, "additional_keys", *opts.additional_keys);
-    same_shape_as("d_additional_values", *d_additional_values, "additional_values",
-                  *opts.additional_values);
+    check::like(fn, "d_additional_keys", *d_additional_keys, "additional_keys", *opts.additional_keys);
+    check::like(fn, "d_additional_values", *d_additional_values, "additional_values",
+                *opts.additional_values);
     if (bp.fwd.n_extra > 0) {
       bp.d_extra_k = operand_of(*d_additional_keys, false);
       bp.d_extra_v = operand_of(*d_additional_values, false);

@@ -222,15 +222,6 @@ void linear_attention_backward(const TensorView* dout, const TensorView& q, cons
   bp.fwd = make_problem(fn, q, k, v, opts);
   const LinearProblem& p = bp.fwd;
   const bool varlen = p.varlen();
-  auto like = [&](const char* name, const TensorView& t, const char* ref_name,
-                  const TensorView& ref) {
-    AK_CHECK(same_shape(t, ref), InvalidArgument, fn, ": ", name, " must have the shape of ",
-             ref_name, " ", ref.shape_str(), ", got ", t.shape_str());
-    check::same_dtype(fn, name, t, ref_name, ref);
-    check::same_device(fn, name, t, ref_name, ref);
-    check::unit_inner_stride(fn, name, t);
-    check::has_data(fn, name, t);
-  };
   if (dout) {
     check::rank(fn, "dout", *dout, varlen ? 3 : 4, varlen ? kLayoutVarlen : kLayout);
     if (varlen)
@@ -240,9 +231,9 @@ void linear_attention_backward(const TensorView* dout, const TensorView& q, cons
     bp.has_dout = true;
     bp.dout = operand_of(*dout, varlen);
   }
-  like("dq", dq, "q", q);
-  like("dk", dk, "k", k);
-  like("dv", dv, "v", v);
+  check::like(fn, "dq", dq, "q", q);
+  check::like(fn, "dk", dk, "k", k);
+  check::like(fn, "dv", dv, "v", v);
   bp.dq = operand_of(dq, varlen);
   bp.dk = operand_of(dk, varlen);
   bp.dv = operand_of(dv, varlen);

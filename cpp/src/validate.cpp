@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "validate.hpp"
 
 #include <cmath>
@@ -58,6 +59,23 @@ void dim(const char* fn, const char* name, const TensorView& t, int axis, int64_
 void has_data(const char* fn, const char* name, const TensorView& t) {
   AK_CHECK(t.numel() == 0 || t.data != nullptr, InvalidArgument, fn, ": ", name,
            " has no data pointer");
+}
+
+void like(const char* fn, const char* name, const TensorView& t, const char* ref_name,
+          const TensorView& ref) {
+  const bool ok = t.ndim == ref.ndim && std::equal(ref.shape, ref.shape + ref.ndim, t.shape);
+  AK_CHECK(ok, InvalidArgument, fn, ": ", name, " must have the shape of ", ref_name, " ",
+           ref.shape_str(), ", got ", t.shape_str());
+  same_dtype(fn, name, t, ref_name, ref);
+  same_device(fn, name, t, ref_name, ref);
+  unit_inner_stride(fn, name, t);
+  has_data(fn, name, t);
+}
+
+void dlse_like(const char* fn, const TensorView& dlse, const TensorView& lse) {
+  like(fn, "dlse", dlse, "lse", lse);
+  AK_CHECK(std::equal(lse.stride, lse.stride + lse.ndim, dlse.stride), InvalidArgument, fn,
+           ": dlse must have the strides of lse");
 }
 
 void positive(const char* fn, const char* what, int64_t value) {

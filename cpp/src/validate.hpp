@@ -27,6 +27,12 @@ void dim(const char* fn, const char* name, const TensorView& t, int axis, int64_
 // A non-empty tensor needs a data pointer.
 void has_data(const char* fn, const char* name, const TensorView& t);
 void positive(const char* fn, const char* what, int64_t value);
+// A gradient buffer laid out like its reference (dq like q, dout like out...):
+// ref's exact shape, dtype and device, unit inner stride, data.
+void like(const char* fn, const char* name, const TensorView& t, const char* ref_name,
+          const TensorView& ref);
+// The backward's optional dlse: like(lse) and lse's strides too.
+void dlse_like(const char* fn, const TensorView& dlse, const TensorView& lse);
 // An output: given dtype, device of ref, exact shape, unit inner stride.
 void output(const char* fn, const char* name, const TensorView& t, DType dtype,
             const TensorView& ref, std::initializer_list<int64_t> shape);
