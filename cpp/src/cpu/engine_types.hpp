@@ -95,6 +95,44 @@ struct EngineArgs {
   int64_t kv_tile = 128;  // max keys per score tile
 };
 
+// Engine arguments of a token-sequence problem ([B, S, H, D] operands, lse
+// [B, S, H]): dense attention (fmha.cpp) and block-sparse attention.
+inline EngineArgs sequence_args(const FmhaProblem& p, int threads, int64_t kv_tile) {
+  EngineArgs a;
+  a.dqk = p.head_dim_qk;
+  a.dv = p.head_dim_v;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.q = TokenLayout::from(p.q, p.dtype);
+  a.k = TokenLayout::from(p.k, p.dtype);
+  a.v = TokenLayout::from(p.v, p.dtype);
+  a.out = TokenLayout::from(p.out, p.dtype);
+  if (p.lse) {
+    a.lse.data = reinterpret_cast<char*>(p.lse);
+    a.lse.dtype = DType::Float32;
+    a.lse.batch_stride = p.lse_batch_stride;
+    a.lse.token_stride[0] = p.lse_token_stride;
+    a.lse.head_stride = p.lse_head_stride;
+  }
+  a.threads = threads;
+  a.kv_tile = kv_tile;
+  return a;
+}
+
+// The backward operands (dout, dq, dk, dv, optional dlse laid out like lse) of
+// a token-sequence backward problem (FmhaBackwardProblem, BlockSparseBackwardProblem).
+template <class BackwardProblem>
+void set_sequence_grads(EngineArgs& a, const BackwardProblem& bp, DType dt) {
+  a.dout = TokenLayout::from(bp.dout, dt);
+  a.dq = TokenLayout::from(bp.dq, dt);
+  a.dk = TokenLayout::from(bp.dk, dt);
+  a.dv_ = TokenLayout::from(bp.dv, dt);
+  if (bp.dlse) {
+    a.dlse = a.lse;
+    a.dlse.data = reinterpret_cast<char*>(const_cast<float*>(bp.dlse));
+  }
+}
+
 // Active query vectors (see for_each_kv_tile in engine.hpp): a schedule may tell
 // the engine that only some of a tile's kQ / kLanes query vectors (lanes
 // [16v, 16v+16)) see a key range; the others' work is skipped.

@@ -14,46 +14,16 @@ namespace {
 constexpr int64_t kFwdKvTile = 256;
 constexpr int64_t kBwdKvTile = 128;
 
-EngineArgs engine_args(const FmhaProblem& p, int threads) {
-  EngineArgs a;
-  a.dqk = p.head_dim_qk;
-  a.dv = p.head_dim_v;
-  a.scale = p.scale;
-  a.softcap = p.softcap;
-  a.q = TokenLayout::from(p.q, p.dtype);
-  a.k = TokenLayout::from(p.k, p.dtype);
-  a.v = TokenLayout::from(p.v, p.dtype);
-  a.out = TokenLayout::from(p.out, p.dtype);
-  if (p.lse) {
-    a.lse.data = reinterpret_cast<char*>(p.lse);
-    a.lse.dtype = DType::Float32;
-    a.lse.batch_stride = p.lse_batch_stride;
-    a.lse.token_stride[0] = p.lse_token_stride;
-    a.lse.head_stride = p.lse_head_stride;
-  }
-  a.threads = threads;
-  return a;
-}
-
 }  // namespace
 
 void fmha_forward(const FmhaProblem& p, int threads) {
-  EngineArgs a = engine_args(p, threads);
-  a.kv_tile = kFwdKvTile;
+  const EngineArgs a = sequence_args(p, threads, kFwdKvTile);
   forward(SeqSchedule(p, a.kv_tile), a);
 }
 
 void fmha_backward(const FmhaBackwardProblem& bp, int threads) {
-  EngineArgs a = engine_args(bp.fwd, threads);
-  a.kv_tile = kBwdKvTile;
-  a.dout = TokenLayout::from(bp.dout, bp.fwd.dtype);
-  a.dq = TokenLayout::from(bp.dq, bp.fwd.dtype);
-  a.dk = TokenLayout::from(bp.dk, bp.fwd.dtype);
-  a.dv_ = TokenLayout::from(bp.dv, bp.fwd.dtype);
-  if (bp.dlse) {
-    a.dlse = a.lse;
-    a.dlse.data = reinterpret_cast<char*>(const_cast<float*>(bp.dlse));
-  }
+  EngineArgs a = sequence_args(bp.fwd, threads, kBwdKvTile);
+  set_sequence_grads(a, bp, bp.fwd.dtype);
   backward(SeqSchedule(bp.fwd, a.kv_tile), a);
 }
 
