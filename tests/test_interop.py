@@ -99,6 +99,12 @@ def test_large_torch_outputs_get_huge_page_advice(monkeypatch):
     assert (out.data_ptr(), out.numel() * 4) in seen
     small = attnkit.linear_attention(q[:, :64], q[:, :64], q[:, :64])
     assert all(p != small.data_ptr() for p, _ in seen)
+    # The attnkit.torch custom ops allocate their outputs the same way.
+    import attnkit.torch as ak_torch
+
+    seen.clear()
+    op_out = ak_torch.linear_attention(q, q, q, g=torch.full((2,), -0.1))
+    assert (op_out.data_ptr(), op_out.numel() * 4) in seen and torch.equal(op_out, out)
     monkeypatch.setattr(_tensors, "_HUGE_PAGES", False)
     seen.clear()
     off = attnkit.linear_attention(q, q, q, g=torch.full((2,), -0.1))

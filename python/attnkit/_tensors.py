@@ -31,6 +31,12 @@ def _advise_huge_pages(ptr: int, nbytes: int) -> None:
         _core._advise_huge_pages(ptr, nbytes)
 
 
+def advise_torch_output(t: Any) -> None:
+    """Huge-page advice for a freshly allocated torch output (host memory only)."""
+    if t.device.type == "cpu":
+        _advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
+
+
 def _np_bfloat16():
     try:
         import ml_dtypes  # type: ignore
@@ -110,8 +116,7 @@ class TorchFramework(Framework):
         import torch
 
         out = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=like.device)
-        if out.device.type == "cpu":
-            _advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
+        advise_torch_output(out)
         return out
 
     def device_str(self, x):

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from . import _core, _fmha
 from ._block_sparse import BlockMask, as_block_mask
+from ._torch_util import new_out_lse
 
 __all__ = ["block_sparse_attention"]
 
@@ -25,8 +26,7 @@ def _bs_fwd(
     is_causal: bool,
     scale: float,
 ) -> Tuple[Tensor, Tensor]:
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty(q.shape[:-1], dtype=_torch.float32)
+    out, lse = new_out_lse(q, v)
     _core.block_sparse_fwd(
         q.detach(), k.detach(), v.detach(), kv_num_blocks.detach().cpu(),
         kv_indices.detach().cpu(), q_block, kv_block, out, lse, is_causal, scale, _fmha._threads,
@@ -36,10 +36,7 @@ def _bs_fwd(
 
 @_bs_fwd.register_fake
 def _(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, is_causal, scale):
-    return (
-        q.new_empty((*q.shape[:-1], v.shape[-1])),
-        q.new_empty(q.shape[:-1], dtype=_torch.float32),
-    )
+    return new_out_lse(q, v, real=False)
 
 
 @_torch.library.custom_op("attnkit::block_sparse_bwd", mutates_args=())

@@ -9,10 +9,8 @@ import torch as _torch
 from torch import Tensor
 
 from . import _core, _fmha, _gna
+from ._torch_util import new_out_lse, plain
 
-
-def _plain(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.detach()
 
 
 @_torch.library.custom_op("attnkit::na_fwd", mutates_args=())
@@ -28,22 +26,18 @@ def _na_fwd(
     additional_keys: Optional[Tensor],
     additional_values: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty(q.shape[:-1], dtype=_torch.float32)
+    out, lse = new_out_lse(q, v)
     _core.na_fwd(
         q.detach(), k.detach(), v.detach(), out, lse, list(kernel_size), list(stride),
-        list(dilation), [int(c) for c in is_causal], scale, _plain(additional_keys),
-        _plain(additional_values), _fmha._threads,
+        list(dilation), [int(c) for c in is_causal], scale, plain(additional_keys),
+        plain(additional_values), _fmha._threads,
     )
     return out, lse
 
 
 @_na_fwd.register_fake
 def _(q, k, v, kernel_size, stride, dilation, is_causal, scale, additional_keys, additional_values):
-    return (
-        q.new_empty((*q.shape[:-1], v.shape[-1])),
-        q.new_empty(q.shape[:-1], dtype=_torch.float32),
-    )
+    return new_out_lse(q, v, real=False)
 
 
 @_torch.library.custom_op("attnkit::na_bwd", mutates_args=())
@@ -79,8 +73,8 @@ def _na_bwd(
     _core.na_bwd(
         dout.detach(), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), dq, dk, dv,
         list(kernel_size), list(stride), list(dilation), [int(c) for c in is_causal], scale,
-        _plain(additional_keys), _plain(additional_values), dak if has_extra else None,
-        dav if has_extra else None, _plain(dlse), _fmha._threads,
+        plain(additional_keys), plain(additional_values), dak if has_extra else None,
+        dav if has_extra else None, plain(dlse), _fmha._threads,
     )
     return dq, dk, dv, dak, dav
 

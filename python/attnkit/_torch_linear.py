@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_util import new_out
 
 
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -46,7 +47,7 @@ def _linear_fwd(
     scale: float,
     normalize: bool,
 ) -> Tuple[Tensor, Tensor]:
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    out = new_out(q, v)
     fs = q.new_empty((0,) if normalize else _state_shape(q, v, cu_seqlens), dtype=_torch.float32)
     _core.linear_fwd(
         q.detach(), k.detach(), v.detach(), out, None if normalize else fs, _detach(g),
@@ -58,7 +59,7 @@ def _linear_fwd(
 @_linear_fwd.register_fake
 def _(q, k, v, g, initial_state, cu_seqlens, is_causal, scale, normalize):
     return (
-        q.new_empty((*q.shape[:-1], v.shape[-1])),
+        new_out(q, v, real=False),
         q.new_empty((0,) if normalize else _state_shape(q, v, cu_seqlens), dtype=_torch.float32),
     )
 

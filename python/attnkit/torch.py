@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
+from ._torch_util import new_out_lse, plain
 from ._torch_block_sparse import block_sparse_attention
 from ._torch_linear import linear_attention, linear_attention_step  # linear attention ops
 
@@ -24,9 +25,6 @@ __all__ = ["attention", "merge_attentions", "neighborhood_attention", "na1d", "n
 def _stream(t: Tensor) -> int:
     return int(_torch.cuda.current_stream(t.device).cuda_stream) if t.device.type == "cuda" else 0
 
-
-def _plain(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.detach()
 
 
 # ----------------------------------------------------------------------------- FMHA
@@ -43,21 +41,17 @@ def _fmha_fwd(
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty(q.shape[:-1], dtype=_torch.float32)
+    out, lse = new_out_lse(q, v)
     _core.attention_fwd(
         q.detach(), k.detach(), v.detach(), out, lse, is_causal, window_left, window_right,
-        softcap, scale, _plain(cu_seqlens_q), _plain(cu_seqlens_k), _stream(q), _fmha._threads,
+        softcap, scale, plain(cu_seqlens_q), plain(cu_seqlens_k), _stream(q), _fmha._threads,
     )
     return out, lse
 
 
 @_fmha_fwd.register_fake
 def _(q, k, v, is_causal, window_left, window_right, softcap, scale, cu_seqlens_q, cu_seqlens_k):
-    return (
-        q.new_empty((*q.shape[:-1], v.shape[-1])),
-        q.new_empty(q.shape[:-1], dtype=_torch.float32),
-    )
+    return new_out_lse(q, v, real=False)
 
 
 @_torch.library.custom_op("attnkit::fmha_bwd", mutates_args=())
@@ -85,8 +79,8 @@ def _fmha_bwd(
             lse.shape, lse.stride()).copy_(dlse)
     _core.attention_bwd(
         dout.detach(), q.detach(), k.detach(), v.detach(), out.detach(), lse.detach(), dq, dk, dv,
-        is_causal, window_left, window_right, softcap, scale, _plain(cu_seqlens_q),
-        _plain(cu_seqlens_k), _plain(dlse), _stream(q), _fmha._threads,
+        is_causal, window_left, window_right, softcap, scale, plain(cu_seqlens_q),
+        plain(cu_seqlens_k), plain(dlse), _stream(q), _fmha._threads,
     )
     return dq, dk, dv
 
