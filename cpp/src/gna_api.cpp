@@ -48,15 +48,7 @@ NaProblem make_na_problem(const char* fn, const TensorView& q, const TensorView&
   const std::string layout = spatial_layout(nd);
   check::rank(fn, "k", k, q.ndim, layout.c_str());
   check::rank(fn, "v", v, q.ndim, layout.c_str());
-  check::float_dtype(fn, "q", q);
-  check::same_dtype(fn, "k", k, "q", q);
-  check::same_dtype(fn, "v", v, "q", q);
-  check::same_device(fn, "k", k, "q", q);
-  check::same_device(fn, "v", v, "q", q);
-  for (auto [name, t] : {std::pair<const char*, const TensorView*>{"q", &q}, {"k", &k}, {"v", &v}}) {
-    check::unit_inner_stride(fn, name, *t);
-    check::has_data(fn, name, *t);
-  }
+  check::qkv(fn, q, k, v);
 
   NaProblem p;
   p.dtype = q.dtype;

@@ -103,15 +103,7 @@ LinearProblem make_problem(const char* fn, const TensorView& q, const TensorView
   check::rank(fn, "q", q, r, layout);
   check::rank(fn, "k", k, r, layout);
   check::rank(fn, "v", v, r, layout);
-  check::float_dtype(fn, "q", q);
-  check::same_dtype(fn, "k", k, "q", q);
-  check::same_dtype(fn, "v", v, "q", q);
-  check::same_device(fn, "k", k, "q", q);
-  check::same_device(fn, "v", v, "q", q);
-  for (auto [name, t] : {std::pair<const char*, const TensorView*>{"q", &q}, {"k", &k}, {"v", &v}}) {
-    check::unit_inner_stride(fn, name, *t);
-    check::has_data(fn, name, *t);
-  }
+  check::qkv(fn, q, k, v);
   LinearProblem p;
   p.dtype = q.dtype;
   p.device = q.device;

@@ -1,6 +1,6 @@
-#include <algorithm>
 #include "validate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -78,6 +78,18 @@ void dlse_like(const char* fn, const TensorView& dlse, const TensorView& lse) {
            ": dlse must have the strides of lse");
 }
 
+void qkv(const char* fn, const TensorView& q, const TensorView& k, const TensorView& v) {
+  float_dtype(fn, "q", q);
+  same_dtype(fn, "k", k, "q", q);
+  same_dtype(fn, "v", v, "q", q);
+  same_device(fn, "k", k, "q", q);
+  same_device(fn, "v", v, "q", q);
+  for (auto [name, t] : {std::pair<const char*, const TensorView*>{"q", &q}, {"k", &k}, {"v", &v}}) {
+    unit_inner_stride(fn, name, *t);
+    has_data(fn, name, *t);
+  }
+}
+
 void positive(const char* fn, const char* what, int64_t value) {
   AK_CHECK(value >= 1, InvalidArgument, fn, ": ", what, " must be at least 1, got ", value);
 }
@@ -149,15 +161,7 @@ FmhaProblem make_fmha_problem(const char* fn, const TensorView& q, const TensorV
   check::rank(fn, "q", q, r, layout);
   check::rank(fn, "k", k, r, layout);
   check::rank(fn, "v", v, r, layout);
-  check::float_dtype(fn, "q", q);
-  check::same_dtype(fn, "k", k, "q", q);
-  check::same_dtype(fn, "v", v, "q", q);
-  check::same_device(fn, "k", k, "q", q);
-  check::same_device(fn, "v", v, "q", q);
-  for (auto [name, t] : {std::pair<const char*, const TensorView*>{"q", &q}, {"k", &k}, {"v", &v}}) {
-    check::unit_inner_stride(fn, name, *t);
-    check::has_data(fn, name, *t);
-  }
+  check::qkv(fn, q, k, v);
 
   FmhaProblem p;
   p.dtype = q.dtype;

@@ -27,6 +27,9 @@ void dim(const char* fn, const char* name, const TensorView& t, int axis, int64_
 // A non-empty tensor needs a data pointer.
 void has_data(const char* fn, const char* name, const TensorView& t);
 void positive(const char* fn, const char* what, int64_t value);
+// The attention inputs of every family (ranks checked by the caller): q a float
+// dtype, k and v of q's dtype and device, all with unit inner stride and data.
+void qkv(const char* fn, const TensorView& q, const TensorView& k, const TensorView& v);
 // A gradient buffer laid out like its reference (dq like q, dout like out...):
 // ref's exact shape, dtype and device, unit inner stride, data.
 void like(const char* fn, const char* name, const TensorView& t, const char* ref_name,
