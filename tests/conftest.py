@@ -22,6 +22,20 @@ TOL = {"float32": 2e-5, "float16": 4e-3, "bfloat16": 2.5e-2}
 GRAD_TOL = {"float32": 5e-5, "float16": 1e-2, "bfloat16": 6e-2}
 
 
+def pytest_configure(config):
+    # Every output goes through attnkit's host pool with poison on: a pooled block
+    # is filled with 0xff bytes (NaN in every float dtype) when handed out, so a
+    # kernel that leaves an output element unwritten fails the comparisons instead
+    # of passing on a fresh mmap's zeros. ATTNKIT_TEST_POISON=0 runs with the
+    # default pool settings.
+    import os
+
+    if os.environ.get("ATTNKIT_TEST_POISON", "1") != "0":
+        from attnkit import _tensors
+
+        _tensors.configure_host_pool(min_bytes=0, poison=True)
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run long sweeps")
 

@@ -83,29 +83,104 @@ def test_concurrent_calls_from_threads(rng):
         np.testing.assert_array_equal(a, b)
 
 
-def test_large_torch_outputs_get_huge_page_advice(monkeypatch):
-    # Large torch outputs are advised to use huge pages (attnkit._tensors); the
-    # advice covers only whole 2 MiB pages inside the buffer, and results are
-    # the same with it turned off.
-    torch = pytest.importorskip("torch")
+@pytest.fixture
+def default_pool():
+    """The host pool with its default settings (the suite runs it poisoned, for
+    every size; see conftest), restored afterwards."""
     from attnkit import _core, _tensors
 
+    saved = _core._host_pool_stats()
+    _tensors.configure_host_pool(min_bytes=4 << 20, poison=False)
+    attnkit.empty_cache()
+    yield _tensors
+    _tensors.configure_host_pool(min_bytes=saved["min_bytes"], poison=saved["poison"])
+
+
+def test_large_outputs_come_from_the_host_pool_and_are_reused(default_pool):
+    # A large output's block returns to the pool when the last view of it is
+    # dropped and is handed out again; small outputs use the framework's allocator.
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4096, 2, 256, generator=g)  # out: 8 MiB, over the 4 MiB threshold
+    gate = torch.full((2,), -0.1)
+    s0 = attnkit.memory_stats()
+    out = attnkit.linear_attention(q, q, q, g=gate)
+    s1 = attnkit.memory_stats()
+    assert s1["in_use_bytes"] == s0["in_use_bytes"] + (8 << 20) and out.is_contiguous()
+    want = out.clone()
+    ptr = out.data_ptr()
+    view = out[:, 100:200]
+    del out
+    assert attnkit.memory_stats()["in_use_bytes"] == s1["in_use_bytes"]  # the view holds it
+    del view
+    s2 = attnkit.memory_stats()
+    assert s2["in_use_bytes"] == s0["in_use_bytes"] and s2["cached_bytes"] >= 8 << 20
+    again = attnkit.linear_attention(q, q, q, g=gate)
+    assert again.data_ptr() == ptr and attnkit.memory_stats()["hits"] == s2["hits"] + 1
+    assert torch.equal(again, want)
+    small = attnkit.linear_attention(q[:, :64], q[:, :64], q[:, :64])
+    assert attnkit.memory_stats()["in_use_bytes"] == s0["in_use_bytes"] + (8 << 20)
+    del small, again
+    # The attnkit.torch custom ops and NumPy outputs use it too.
+    import attnkit.torch as ak_torch
+
+    op_out = ak_torch.linear_attention(q, q, q, g=gate)
+    assert op_out.data_ptr() == ptr and torch.equal(op_out, want)
+    del op_out
+    qn = q.numpy()
+    np_out = attnkit.linear_attention(qn, qn, qn, g=gate.numpy())
+    assert np_out.ctypes.data == ptr and np.array_equal(np_out, want.numpy())
+    del np_out
+    assert attnkit.empty_cache() >= 8 << 20 and attnkit.memory_stats()["cached_bytes"] == 0
+
+
+def test_host_pool_backward_and_poison(default_pool):
+    # Backward gradients of the torch ops come from the pool; with poison every
+    # element still comes out written (the whole suite runs poisoned).
+    torch = pytest.importorskip("torch")
+    import attnkit.torch as ak_torch
+
+    default_pool.configure_host_pool(poison=True)
+    blank = default_pool.torch_host_empty((1 << 20,), "float32")
+    assert torch.isnan(blank).all()  # what a kernel leaves unwritten reads as NaN
+    del blank
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2048, 4, 128, generator=g, requires_grad=True) for _ in range(3))
+    out = ak_torch.attention(q, k, v, is_causal=True)
+    before = attnkit.memory_stats()["misses"] + attnkit.memory_stats()["hits"]
+    out.sum().backward()
+    assert attnkit.memory_stats()["misses"] + attnkit.memory_stats()["hits"] == before + 3
+    for t in (out, q.grad, k.grad, v.grad):
+        assert torch.isfinite(t).all()
+    ref = attnkit.attention(q.detach(), k.detach(), v.detach(), is_causal=True)
+    assert torch.equal(out.detach(), ref)
+
+
+def test_host_pool_off_gives_huge_page_advice(monkeypatch, default_pool):
+    # With ATTNKIT_HOST_POOL=0 large torch outputs come from torch and are advised
+    # to use huge pages; the advice covers only whole 2 MiB pages inside the
+    # buffer, and results are the same with it turned off.
+    torch = pytest.importorskip("torch")
+    from attnkit import _core
+
+    monkeypatch.setattr(default_pool, "_POOL", False)
     assert _core._advise_huge_pages(4096, 4096) is False  # no whole huge page inside
     seen = []
     monkeypatch.setattr(_core, "_advise_huge_pages", lambda p, n: seen.append((p, n)) or True)
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 4096, 2, 256, generator=g)  # out: 8 MiB, over the 4 MiB threshold
+    q = torch.randn(1, 4096, 2, 256, generator=g)
+    in_use = attnkit.memory_stats()["in_use_bytes"]
     out = attnkit.linear_attention(q, q, q, g=torch.full((2,), -0.1))
     assert (out.data_ptr(), out.numel() * 4) in seen
+    assert attnkit.memory_stats()["in_use_bytes"] == in_use
     small = attnkit.linear_attention(q[:, :64], q[:, :64], q[:, :64])
     assert all(p != small.data_ptr() for p, _ in seen)
-    # The attnkit.torch custom ops allocate their outputs the same way.
     import attnkit.torch as ak_torch
 
     seen.clear()
     op_out = ak_torch.linear_attention(q, q, q, g=torch.full((2,), -0.1))
     assert (op_out.data_ptr(), op_out.numel() * 4) in seen and torch.equal(op_out, out)
-    monkeypatch.setattr(_tensors, "_HUGE_PAGES", False)
+    monkeypatch.setattr(default_pool, "_HUGE_PAGES", False)
     seen.clear()
     off = attnkit.linear_attention(q, q, q, g=torch.full((2,), -0.1))
     assert not seen and torch.equal(off, out)

@@ -33,6 +33,7 @@ from ._fmha import (
 )
 from ._gna import na1d, na2d, na3d, neighborhood_attention, neighborhood_attention_backward
 from ._linear import feature_map, linear_attention, linear_attention_backward, linear_attention_step
+from ._tensors import empty_cache, memory_stats
 
 __version__ = _core.build_info()["version"]
 
@@ -60,6 +61,8 @@ __all__ = [
     "feature_map",
     "set_num_threads",
     "get_num_threads",
+    "empty_cache",
+    "memory_stats",
     "set_cpu_isa",
     "build_info",
     "cmake_prefix_path",

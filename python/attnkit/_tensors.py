@@ -14,14 +14,19 @@ import numpy as np
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 
-# torch CPU outputs attnkit allocates from this size on are advised to use
-# transparent huge pages (Linux, THP in "madvise" mode), as NumPy does by default
-# for its large arrays and PyTorch's allocator does under THP_MEM_ALLOC_ENABLE:
-# such buffers are fresh mmaps whose first writes otherwise fault once per 4 KiB
-# page -- ~8 ms for a 32 MiB output here, a quarter of a bf16 linear-attention
-# forward at S=16384 (measured 40-47 -> 28-35 ms). ATTNKIT_HUGE_PAGES=0 turns it off.
+# Large host outputs (4 MiB and more) come from attnkit's host pool
+# (python/src/host_pool.cpp): freed blocks are kept and reused, so repeated calls
+# do not pay the page faults and zero-filling of a fresh mmap on every call
+# (4 ms of a 34 ms bf16 linear-attention forward at S=16384, 32 MiB output).
+# The blocks use transparent huge pages (Linux, THP in "madvise" mode), as
+# NumPy does for its large arrays. ATTNKIT_HOST_POOL=0 allocates with the
+# framework instead (then only the huge-page advice applies);
+# ATTNKIT_HUGE_PAGES=0 turns the advice off; attnkit.empty_cache() unmaps the
+# cached blocks. Outputs are C-contiguous either way.
 _HUGE_PAGES_MIN_BYTES = 4 << 20
 _HUGE_PAGES = os.environ.get("ATTNKIT_HUGE_PAGES", "1") != "0"
+_POOL = os.environ.get("ATTNKIT_HOST_POOL", "1") != "0"
+_pool_min_bytes: Optional[int] = None  # the pool's threshold, read once from _core
 
 
 def _advise_huge_pages(ptr: int, nbytes: int) -> None:
@@ -35,6 +40,64 @@ def advise_torch_output(t: Any) -> None:
     """Huge-page advice for a freshly allocated torch output (host memory only)."""
     if t.device.type == "cpu":
         _advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
+
+
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int32": 4}
+
+
+def configure_host_pool(**kw: Any) -> int:
+    """Set the host pool's knobs (min_bytes, max_cached_bytes, poison,
+    huge_pages; see _core._host_pool_configure); returns min_bytes."""
+    global _pool_min_bytes
+    from . import _core
+
+    _pool_min_bytes = int(_core._host_pool_configure(**kw))
+    return _pool_min_bytes
+
+
+def _pooled(shape: Sequence[int], dtype: str) -> bool:
+    if not _POOL:
+        return False
+    n = _ITEMSIZE.get(dtype)
+    if n is None:
+        return False
+    for s in shape:
+        n *= int(s)
+    if _pool_min_bytes is None:
+        configure_host_pool(huge_pages=_HUGE_PAGES)
+    return n >= _pool_min_bytes
+
+
+def torch_host_empty(shape: Sequence[int], dtype: str) -> Any:
+    """A torch CPU tensor for an output: from the host pool when it is large,
+    else torch.empty (with the huge-page advice)."""
+    if _pooled(shape, dtype):
+        from . import _core
+
+        return _core._host_empty_torch([int(s) for s in shape], dtype)
+    import torch
+
+    out = torch.empty(tuple(shape), dtype=getattr(torch, dtype))
+    advise_torch_output(out)
+    return out
+
+
+def empty_cache() -> int:
+    """Unmap the host output blocks attnkit keeps for reuse (outputs still in use
+    are not touched). Returns the bytes released."""
+    from . import _core
+
+    return int(_core._host_pool_trim())
+
+
+def memory_stats() -> dict:
+    """The host output pool's counters: cached_bytes, cached_blocks, in_use_bytes,
+    hits, misses, and its settings."""
+    from . import _core
+
+    d = dict(_core._host_pool_stats())
+    d["enabled"] = _POOL
+    return d
 
 
 def _np_bfloat16():
@@ -92,13 +155,18 @@ class NumpyFramework(Framework):
         return x
 
     def empty(self, like, shape, dtype):
+        bf = None
         if dtype == "bfloat16":
             bf = _np_bfloat16()
             if bf is None:  # pragma: no cover
                 raise TypeError("bfloat16 NumPy arrays need the ml_dtypes package")
-            return np.empty(shape, dtype=bf)
+        if _pooled(shape, dtype):
+            from . import _core
+
+            a = _core._host_empty_numpy([int(s) for s in shape], "uint16" if bf is not None else dtype)
+            return a.view(bf) if bf is not None else a
         # NumPy itself advises huge pages for large arrays (see _advise_huge_pages).
-        return np.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype=bf if bf is not None else dtype)
 
 
 class TorchFramework(Framework):
@@ -115,9 +183,9 @@ class TorchFramework(Framework):
     def empty(self, like, shape, dtype):
         import torch
 
-        out = torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=like.device)
-        advise_torch_output(out)
-        return out
+        if like.device.type == "cpu":
+            return torch_host_empty(shape, dtype)
+        return torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=like.device)
 
     def device_str(self, x):
         return str(x.device)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import _core, _fmha
 from ._block_sparse import BlockMask, as_block_mask
-from ._torch_util import new_out_lse
+from ._torch_util import grad_like, new_out_lse
 
 __all__ = ["block_sparse_attention"]
 
@@ -55,7 +55,7 @@ def _bs_bwd(
     is_causal: bool,
     scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = _torch.empty_like(q), _torch.empty_like(k), _torch.empty_like(v)
+    dq, dk, dv = grad_like(q), grad_like(k), grad_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None and dlse.stride() != lse.stride():

@@ -9,7 +9,7 @@ import torch as _torch
 from torch import Tensor
 
 from . import _core, _fmha, _gna
-from ._torch_util import new_out_lse, plain
+from ._torch_util import grad_like, new_out_lse, plain
 
 
 
@@ -59,9 +59,9 @@ def _na_bwd(
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, d_additional_keys, d_additional_values); the last two are empty
     tensors when there are no additional tokens."""
-    dq, dk, dv = _torch.empty_like(q), _torch.empty_like(k), _torch.empty_like(v)
+    dq, dk, dv = grad_like(q), grad_like(k), grad_like(v)
     if additional_keys is not None:
-        dak, dav = _torch.empty_like(additional_keys), _torch.empty_like(additional_values)
+        dak, dav = grad_like(additional_keys), grad_like(additional_values)
     else:
         dak, dav = q.new_empty(0), q.new_empty(0)
     if dout.stride(-1) != 1:

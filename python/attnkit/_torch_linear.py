@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
-from ._torch_util import new_out
+from ._torch_util import grad_like, new_out
 
 
 def _detach(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -80,7 +80,7 @@ def _linear_bwd(
     want_dg: bool,
     want_dinit: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dq, dk, dv = _torch.empty_like(q), _torch.empty_like(k), _torch.empty_like(v)
+    dq, dk, dv = grad_like(q), grad_like(k), grad_like(v)
     dg = _torch.empty_like(g) if (want_dg and g is not None) else q.new_empty((0,))
     dinit = (q.new_empty(_state_shape(q, v, cu_seqlens), dtype=_torch.float32) if want_dinit
              else q.new_empty((0,), dtype=_torch.float32))

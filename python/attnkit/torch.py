@@ -14,7 +14,7 @@ from torch import Tensor
 
 from . import _core
 from . import _fmha
-from ._torch_util import new_out_lse, plain
+from ._torch_util import grad_like, new_out_lse, plain
 from ._torch_block_sparse import block_sparse_attention
 from ._torch_linear import linear_attention, linear_attention_step  # linear attention ops
 
@@ -71,7 +71,7 @@ def _fmha_bwd(
     cu_seqlens_q: Optional[Tensor],
     cu_seqlens_k: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = _torch.empty_like(q), _torch.empty_like(k), _torch.empty_like(v)
+    dq, dk, dv = grad_like(q), grad_like(k), grad_like(v)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None and dlse.stride() != lse.stride():

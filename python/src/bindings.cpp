@@ -43,6 +43,7 @@ NB_MODULE(_core, m) {
   attnkit_py::bind_gna(m);
   attnkit_py::bind_block_sparse(m);
   attnkit_py::bind_linear(m);
+  attnkit_py::bind_host_pool(m);
 
   m.def("build_info", []() {
     const attnkit::BuildInfo b = attnkit::build_info();

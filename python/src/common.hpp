@@ -83,5 +83,6 @@ void bind_fmha(nb::module_& m);
 void bind_gna(nb::module_& m);
 void bind_block_sparse(nb::module_& m);
 void bind_linear(nb::module_& m);
+void bind_host_pool(nb::module_& m);  // host_pool.cpp
 
 }  // namespace attnkit_py
