@@ -220,6 +220,34 @@ def test_kernel_size_large_scores_stay_finite(rng):
     assert rel_err(out, ro) < 1e-4 and rel_err(lse, rl) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_scores_rising_far_above_the_first_keys(rng, dtype, causal):
+    # The softmax takes its first reference max from the first 64 keys of a row's
+    # first chunk and keeps it while later scores stay within 2^8 of it; here the
+    # scores of later keys rise ~200 log2 units above the first ones for half of
+    # the queries (the others see flat scores), so both the kept and the
+    # re-referenced paths run inside one chunk and across chunks. Keeping a stale
+    # reference here would overflow to inf.
+    S, D = 700, 64
+    u = np.ones(D, np.float32) / np.sqrt(D)
+    q = rng.standard_normal((1, S, 2, D)).astype(np.float32) * 0.3
+    q[:, ::2] += 4.0 * u  # even queries align with u
+    k = rng.standard_normal((1, S, 1, D)).astype(np.float32) * 0.3
+    ramp = np.minimum(np.arange(S), 255) * (200.0 / 255)  # within the first 256-key chunk
+    k[0, :, 0] += ramp[:, None].astype(np.float32) * u
+    v = rng.standard_normal((1, S, 1, 72)).astype(np.float32)
+    from conftest import np_dtype
+
+    q, k, v = (x.astype(np_dtype(dtype)) for x in (q, k, v))
+    out, lse = attnkit.attention(q, k, v, is_causal=causal, return_lse=True)
+    ro, rl = ref.attention(q, k, v, is_causal=causal)
+    assert np.isfinite(np.asarray(out, np.float32)).all()
+    # Scores reach ~100 (q.k ~ 800): fp32 rounding of the scores alone is ~1e-5.
+    tol = max(TOL[dtype], 1e-4)
+    assert rel_err(out, ro) < tol and rel_err(lse, rl) < tol
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("S", [2047, 4096])
 def test_long_sequences(rng, S):

@@ -328,8 +328,28 @@ bool softmax_vnni_rows(const float* S, int np, const int64_t* r0, const int64_t*
     vi fin = ref[v] != splat(-INFINITY);
     for (int i = 0; i < 16; ++i) all_finite &= fin[i] != 0;
   }
+  if (!all_finite && np > 0) {
+    // Rows without a max yet (their first chunk) take the max of the chunk's first
+    // 64 rows (in L1) as their reference instead of a max pass over the whole
+    // chunk; the one pass below keeps it if no score exceeds it by the slack.
+    // Short key lists (block-sparse, neighborhood) meet a first chunk every few
+    // chunks: measured 2-5% of a 10%-dense block-sparse and 4-6% of a 2-D
+    // neighborhood bf16 forward. Rows that had a max keep it, and those of the new
+    // rows have l = 0 and O = 0: nothing needs a rescale.
+    vf pm[NV];
+    for (int v = 0; v < NV; ++v) pm[v] = splat(-INFINITY);
+    const int64_t e = r0[0] + std::min<int64_t>(n[0], 64);
+    for (int64_t j = r0[0]; j < e; ++j)
+      for (int v = 0; v < NV; ++v) pm[v] = vmax(pm[v], loadu(S + j * kQ + 16 * v));
+    all_finite = true;
+    for (int v = 0; v < NV; ++v) {
+      ref[v] = ref[v] == splat(-INFINITY) ? pm[v] * c : ref[v];
+      vi fin = ref[v] != splat(-INFINITY);
+      for (int i = 0; i < 16; ++i) all_finite &= fin[i] != 0;
+    }
+  }
   if (all_finite) {
-    // One pass against the current reference max, watching the chunk's (raw) max;
+    // One pass against the reference max, watching the chunk's (raw) max;
     // c > 0, so max(c s) = c max(s).
     const vf cv = splat(c);
     vf mx[NV];
@@ -352,6 +372,7 @@ bool softmax_vnni_rows(const float* S, int np, const int64_t* r0, const int64_t*
     }
     if (ok) {
       for (int v = 0; v < NV; ++v) {
+        storeu(m + 16 * v, ref[v]);
         storeu(l + 16 * v, loadu(l + 16 * v) + sum[v]);
         storeu(alpha + 16 * v, splat(1.f));
       }
