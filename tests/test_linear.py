@@ -267,6 +267,40 @@ def test_segmented_schedule(rng, threads, H):
     assert rel_err(out, ro) < TOL["float32"] and rel_err(fin, rf) < TOL["float32"]
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g or "nogate")
+@pytest.mark.parametrize("Dk", [64, 40])
+def test_heads_in_lockstep(rng, dtype, gate, Dk):
+    """Many (batch, head) units run their chunks in lockstep groups of up to 8
+    heads of one sequence (bf16 on AMX CPUs), each with its own state, decays
+    and decay matrix: every thread count gives the same bits, and the recurrence's
+    values; also with varlen sequences, which a group never mixes."""
+    q, k, v, g, s0 = make(rng, (2, 300, 8, 4, Dk, 48), dtype, gate=gate, state=True)
+    got = []
+    for threads in (1, 2, 3):
+        attnkit.set_num_threads(threads)
+        try:
+            got.append(attnkit.linear_attention(q, k, v, g=g, initial_state=s0, return_final_state=True))
+        finally:
+            attnkit.set_num_threads(0)
+    for out, fin in got[1:]:
+        assert np.array_equal(np.asarray(out), np.asarray(got[0][0]))
+        assert np.array_equal(fin, got[0][1])
+    ro, rf = ref.linear_attention(q, k, v, g=g, initial_state=s0)
+    assert rel_err(got[0][0], ro) < TOL[dtype] and rel_err(got[0][1], rf) < TOL[dtype]
+    # varlen: three sequences packed (groups stop at sequence boundaries)
+    cu = np.array([0, 130, 131, 300], np.int32)
+    qp, kp, vp = q[0], k[0], v[0]
+    gp = g if gate != "token" else g[0]
+    sp = np.concatenate([s0, s0[:1]])
+    out, fin = attnkit.linear_attention(qp, kp, vp, g=gp, initial_state=sp, return_final_state=True, cu_seqlens=cu)
+    for n in range(3):
+        a, e = cu[n], cu[n + 1]
+        gn = gp if gate != "token" else gp[None, a:e]
+        ro, rf = ref.linear_attention(qp[None, a:e], kp[None, a:e], vp[None, a:e], g=gn, initial_state=sp[n:n + 1])
+        assert rel_err(out[None, a:e], ro) < TOL[dtype] and rel_err(fin[n:n + 1], rf) < TOL[dtype]
+
+
 def test_strided_inputs(rng):
     """Any strides with a unit innermost one: head-major views, sliced batches."""
     base_q = randn(rng, (2, 3, 90, 32), "float32")  # [B, H, S, D] then transposed

@@ -288,6 +288,41 @@ void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan&
 
 }  // namespace
 
+// AMX forward with one segment per unit: the heads of each sequence run in
+// lockstep groups (bf16_forward_lockstep), as large as still gives every thread
+// a group; a group never mixes sequences.
+void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, Scratch& scratch, int threads) {
+  const int64_t U = static_cast<int64_t>(units.size());
+  const int64_t g = std::max<int64_t>(1, std::min<int64_t>(kMaxLockstep, U / std::max(threads, 1)));
+  std::vector<std::pair<int64_t, int>> groups;  // first unit, count
+  for (int64_t i = 0; i < U;) {
+    int n = 1;
+    while (n < g && i + n < U && units[i + n].seq == units[i].seq) ++n;
+    groups.push_back({i, n});
+    i += n;
+  }
+  const int64_t state = c.state_floats();
+  parallel_for(static_cast<int64_t>(groups.size()), threads, [&](int64_t gi) {
+    const auto [u0, nu] = groups[gi];
+    Bufs& b = scratch.mine();
+    FloatBuffer buf(nu * (state + kC * kC));
+    float* S[kMaxLockstep];
+    bool zero[kMaxLockstep];
+    for (int i = 0; i < nu; ++i) {
+      S[i] = buf.get() + i * state;
+      load_state(c, c.init, units[u0 + i], S[i]);
+      pad_state_rows(c, S[i]);
+      zero[i] = c.init.data == nullptr;
+    }
+    c.K->bf16->begin();
+    bf16_forward_lockstep(c, &units[u0], nu, 0, units[u0].chunks(), b, S, zero, c.fin.data != nullptr,
+                          buf.get() + nu * state);
+    c.K->bf16->end();
+    if (c.fin.data)
+      for (int i = 0; i < nu; ++i) save_state(c, S[i], c.fin, units[u0 + i]);
+  });
+}
+
 // ============================================================================ forward
 void linear_forward(const LinearProblem& p, int threads_req) {
   Ctx c = make_ctx(p);
@@ -301,6 +336,11 @@ void linear_forward(const LinearProblem& p, int threads_req) {
 
   if (!c.causal) {
     noncausal_forward(c, units, pl, scratch, threads);
+    return;
+  }
+
+  if (c.amx && !pl.segmented) {
+    lockstep_forward(c, units, scratch, threads);
     return;
   }
 

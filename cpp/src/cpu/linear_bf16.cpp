@@ -387,46 +387,101 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
 
 }  // namespace
 
+namespace {
+
+// One unit's forward walk over its chunks: its decays, state and lazy scale.
+struct ForwardCursor {
+  const Unit* u = nullptr;
+  Decays dec;
+  float* S = nullptr;
+  bool zero = true;
+  float sigma = 1.f;  // the true state is sigma * S
+  // This unit's decay matrix D and what it was built for (Decays::chunk keeps
+  // D while it still applies; in lockstep every unit keeps its own).
+  float* D = nullptr;
+  GateKind D_kind = GateKind::PerToken;
+  int64_t D_n = -1;
+  float D_g = 0.f;
+};
+
+// Chunk ch (< c1) of cursor r: output rows, then the state update.
+void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
+  const Unit& u = *r.u;
+  float* const S = r.S;
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+  const int64_t rows = r16(n);  // query rows computed (16-row tiles)
+  if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+  if (r.D) {
+    b.D = r.D;
+    b.D_kind = r.D_kind;
+    b.D_n = r.D_n;
+    b.D_g = r.D_g;
+  }
+  r.dec.chunk(c, u, t, n, b, true);
+  if (r.D) {
+    r.D_kind = b.D_kind;
+    r.D_n = b.D_n;
+    r.D_g = b.D_g;
+  }
+  // q rows: read in place when they need no padding, else copied.
+  const uint16_t* Qa = b.Qb;
+  int64_t ldq = c.lk32;
+  if (n == kC && c.dk == c.lk32) {
+    Qa = static_cast<const uint16_t*>(c.q.row(u.b, u.t0 + t, u.hq));
+    ldq = c.q.ts;
+  } else {
+    copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, rows, b.Qb);
+  }
+  pack_kt_bf16(c, u, t, n, b);
+  pack_v_bf16(c, u, t, n, b);
+  // Lazy decay: when the next scale sigma' = sigma eB and every key factor
+  // ekB_j / sigma' stay in [2^-40, 2^40], the state is not rescaled (sigma'
+  // absorbs the decay); otherwise (strong or -inf decay, long growth) S is
+  // rescaled to the true state now.
+  const float sp = r.sigma * b.eB;
+  float emax = 0.f;
+  for (int64_t j = 0; j < n; ++j) emax = std::max(emax, b.ekB[j]);
+  const bool lazy = !r.zero && sp >= kLazyMin && sp <= kLazyMax && emax <= sp * kLazyMax;
+  chunk_output_bf16(c, n, b, Qa, ldq, S, r.zero, r.sigma, lazy ? 1.f : sp);
+  store_out_bf16(c, u, t, n, b.O, b.row);
+  if (ch + 1 < u.chunks() || keep_state) {
+    if (lazy)
+      for (int64_t j = 0; j < kC; ++j) b.f[j] = b.ekB[j] / sp;  // tokens past n: ekB = 0
+    state_update_bf16(c, n, b, S, r.zero, true, lazy ? b.f : nullptr);
+    r.zero = false;
+    r.sigma = lazy ? sp : 1.f;
+  }
+}
+
+}  // namespace
+
 void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
                          bool zero, bool keep_state) {
-  Decays dec;
-  dec.init(c, u);
-  float sigma = 1.f;  // the true state is sigma * S
-  for (int64_t ch = c0; ch < c1; ++ch) {
-    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-    const int64_t rows = r16(n);  // query rows computed (16-row tiles)
-    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-    dec.chunk(c, u, t, n, b, true);
-    // q rows: read in place when they need no padding, else copied.
-    const uint16_t* Qa = b.Qb;
-    int64_t ldq = c.lk32;
-    if (n == kC && c.dk == c.lk32) {
-      Qa = static_cast<const uint16_t*>(c.q.row(u.b, u.t0 + t, u.hq));
-      ldq = c.q.ts;
-    } else {
-      copy_rows_bf16(c.q, u, u.hq, t, n, c.dk, c.lk32, rows, b.Qb);
-    }
-    pack_kt_bf16(c, u, t, n, b);
-    pack_v_bf16(c, u, t, n, b);
-    // Lazy decay: when the next scale sigma' = sigma eB and every key factor
-    // ekB_j / sigma' stay in [2^-40, 2^40], the state is not rescaled (sigma'
-    // absorbs the decay); otherwise (strong or -inf decay, long growth) S is
-    // rescaled to the true state now.
-    const float sp = sigma * b.eB;
-    float emax = 0.f;
-    for (int64_t j = 0; j < n; ++j) emax = std::max(emax, b.ekB[j]);
-    const bool lazy = !zero && sp >= kLazyMin && sp <= kLazyMax && emax <= sp * kLazyMax;
-    chunk_output_bf16(c, n, b, Qa, ldq, S, zero, sigma, lazy ? 1.f : sp);
-    store_out_bf16(c, u, t, n, b.O, b.row);
-    if (ch + 1 < u.chunks() || keep_state) {
-      if (lazy)
-        for (int64_t j = 0; j < kC; ++j) b.f[j] = b.ekB[j] / sp;  // tokens past n: ekB = 0
-      state_update_bf16(c, n, b, S, zero, true, lazy ? b.f : nullptr);
-      zero = false;
-      sigma = lazy ? sp : 1.f;
-    }
+  bf16_forward_lockstep(c, &u, 1, c0, c1, b, &S, &zero, keep_state, nullptr);
+}
+
+void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
+                           float* const* S, const bool* zero, bool keep_state, float* D) {
+  ForwardCursor cur[kMaxLockstep];
+  float* const own_D = b.D;  // the thread's D and its cache state, restored below
+  const GateKind own_kind = b.D_kind;
+  const int64_t own_n = b.D_n;
+  const float own_g = b.D_g;
+  for (int i = 0; i < nu; ++i) {
+    cur[i].u = &units[i];
+    cur[i].dec.init(c, units[i]);
+    cur[i].S = S[i];
+    cur[i].zero = zero[i];
+    cur[i].D = nu > 1 ? D + i * kC * kC : nullptr;
   }
-  if (keep_state && sigma != 1.f) scale_inplace(S, c.ldk * c.ldv, sigma);  // the true state
+  for (int64_t ch = c0; ch < c1; ++ch)
+    for (int i = 0; i < nu; ++i) forward_chunk(c, cur[i], ch, c1, b, keep_state);
+  for (int i = 0; i < nu; ++i)
+    if (keep_state && cur[i].sigma != 1.f) scale_inplace(cur[i].S, c.ldk * c.ldv, cur[i].sigma);  // the true state
+  b.D = own_D;
+  b.D_kind = own_kind;
+  b.D_n = own_n;
+  b.D_g = own_g;
 }
 
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
@@ -635,6 +690,8 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
 #else  // no x86 AMX build: never called (Ctx::amx is false without a bf16 kernel table)
 
 void bf16_forward_chunks(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, bool) {}
+void bf16_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*, const bool*,
+                           bool, float*) {}
 void bf16_local_state(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, float*) {}
 void bf16_backward_forward(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, BwdWork&) {}
 void bf16_backward_reverse(const Ctx&, const Unit&, const Segment&, Bufs&, float*, bool, BwdWork&,
