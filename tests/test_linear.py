@@ -254,17 +254,19 @@ def test_noncausal(rng, dtype):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("H", [1, 3])
-def test_segmented_schedule(rng, threads, H):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_segmented_schedule(rng, threads, H, dtype):
     """Few (batch, head) units on several threads run in segments (local states,
-    scan, outputs): same result as the recurrence."""
-    q, k, v, g, s0 = make(rng, (1, 1100, H, H, 32, 24), gate="token", state=True)
+    scan, outputs; the bf16 AMX path runs a segment of all heads in lockstep):
+    same result as the recurrence."""
+    q, k, v, g, s0 = make(rng, (1, 1100, H, H, 32, 24), dtype, gate="token", state=True)
     attnkit.set_num_threads(threads)
     try:
         out, fin = attnkit.linear_attention(q, k, v, g=g, initial_state=s0, return_final_state=True)
     finally:
         attnkit.set_num_threads(0)
     ro, rf = ref.linear_attention(q, k, v, g=g, initial_state=s0)
-    assert rel_err(out, ro) < TOL["float32"] and rel_err(fin, rf) < TOL["float32"]
+    assert rel_err(out, ro) < TOL[dtype] and rel_err(fin, rf) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

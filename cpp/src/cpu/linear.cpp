@@ -288,38 +288,57 @@ void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan&
 
 }  // namespace
 
-// AMX forward with one segment per unit: the heads of each sequence run in
-// lockstep groups (bf16_forward_lockstep), as large as still gives every thread
-// a group; a group never mixes sequences.
-void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, Scratch& scratch, int threads) {
-  const int64_t U = static_cast<int64_t>(units.size());
-  const int64_t g = std::max<int64_t>(1, std::min<int64_t>(kMaxLockstep, U / std::max(threads, 1)));
-  std::vector<std::pair<int64_t, int>> groups;  // first unit, count
-  for (int64_t i = 0; i < U;) {
-    int n = 1;
-    while (n < g && i + n < U && units[i + n].seq == units[i].seq) ++n;
-    groups.push_back({i, n});
-    i += n;
+// AMX forward: segments of the heads of one sequence that cover the same chunks
+// run in lockstep groups (bf16_forward_lockstep), as large as still gives every
+// thread a group; a group never mixes sequences. States enter from the segment
+// scan (segmented units) or the initial state.
+void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
+                      Scratch& scratch, int threads) {
+  const int64_t N = static_cast<int64_t>(pl.segs.size());
+  const int64_t g = std::max<int64_t>(1, std::min<int64_t>(kMaxLockstep, N / std::max(threads, 1)));
+  // Groups: segment s of consecutive units (heads) with the same sequence and chunks.
+  std::vector<std::vector<int64_t>> groups;
+  for (int64_t u = 0; u < static_cast<int64_t>(units.size());) {
+    int64_t n = 1;
+    while (n < g && u + n < static_cast<int64_t>(units.size()) && units[u + n].seq == units[u].seq &&
+           units[u + n].T == units[u].T && pl.count[u + n] == pl.count[u])
+      ++n;
+    for (int64_t s = 0; s < pl.count[u]; ++s) {
+      std::vector<int64_t> grp;
+      for (int64_t i = 0; i < n; ++i) grp.push_back(pl.first[u + i] + s);
+      groups.push_back(std::move(grp));
+    }
+    u += n;
   }
   const int64_t state = c.state_floats();
   parallel_for(static_cast<int64_t>(groups.size()), threads, [&](int64_t gi) {
-    const auto [u0, nu] = groups[gi];
+    const std::vector<int64_t>& grp = groups[gi];
+    const int nu = static_cast<int>(grp.size());
+    const Segment& s0 = pl.segs[grp[0]];
     Bufs& b = scratch.mine();
     FloatBuffer buf(nu * (state + kC * kC));
     float* S[kMaxLockstep];
     bool zero[kMaxLockstep];
     for (int i = 0; i < nu; ++i) {
+      const Segment& sg = pl.segs[grp[i]];
       S[i] = buf.get() + i * state;
-      load_state(c, c.init, units[u0 + i], S[i]);
+      if (pl.count[sg.u] > 1) {
+        std::memcpy(S[i], ss.at(grp[i]), sizeof(float) * c.ldk * c.ldv);
+        zero[i] = false;
+      } else {
+        load_state(c, c.init, units[sg.u], S[i]);
+        zero[i] = c.init.data == nullptr;
+      }
       pad_state_rows(c, S[i]);
-      zero[i] = c.init.data == nullptr;
     }
     c.K->bf16->begin();
-    bf16_forward_lockstep(c, &units[u0], nu, 0, units[u0].chunks(), b, S, zero, c.fin.data != nullptr,
+    bf16_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, b, S, zero, c.fin.data != nullptr,
                           buf.get() + nu * state);
     c.K->bf16->end();
-    if (c.fin.data)
-      for (int i = 0; i < nu; ++i) save_state(c, S[i], c.fin, units[u0 + i]);
+    for (int i = 0; i < nu; ++i) {
+      const Segment& sg = pl.segs[grp[i]];
+      if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, S[i], c.fin, units[sg.u]);
+    }
   });
 }
 
@@ -339,15 +358,14 @@ void linear_forward(const LinearProblem& p, int threads_req) {
     return;
   }
 
-  if (c.amx && !pl.segmented) {
-    lockstep_forward(c, units, scratch, threads);
-    return;
-  }
-
   SegStates ss;
   if (pl.segmented) {
     init_seg_states(c, pl, ss);
     forward_scan(c, units, pl, ss, scratch, threads);
+  }
+  if (c.amx) {
+    lockstep_forward(c, units, pl, ss, scratch, threads);
+    return;
   }
 
   for_segments(pl, threads, false, [&](int64_t si) {
@@ -363,14 +381,6 @@ void linear_forward(const LinearProblem& p, int threads_req) {
     } else {
       load_state(c, c.init, u, b.S);
       zero = c.init.data == nullptr;
-    }
-    if (c.amx) {
-      pad_state_rows(c, b.S);
-      c.K->bf16->begin();
-      bf16_forward_chunks(c, u, sg.c0, sg.c1, b, b.S, zero, c.fin.data != nullptr);
-      c.K->bf16->end();
-      if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
-      return;
     }
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);

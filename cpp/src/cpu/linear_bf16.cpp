@@ -455,11 +455,6 @@ void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs&
 
 }  // namespace
 
-void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
-                         bool zero, bool keep_state) {
-  bf16_forward_lockstep(c, &u, 1, c0, c1, b, &S, &zero, keep_state, nullptr);
-}
-
 void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
                            float* const* S, const bool* zero, bool keep_state, float* D) {
   ForwardCursor cur[kMaxLockstep];
@@ -689,7 +684,6 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
 
 #else  // no x86 AMX build: never called (Ctx::amx is false without a bf16 kernel table)
 
-void bf16_forward_chunks(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, bool) {}
 void bf16_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*, const bool*,
                            bool, float*) {}
 void bf16_local_state(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, float*) {}

@@ -701,17 +701,15 @@ inline void pad_state_rows(const Ctx& c, float* S) {
 }
 
 // ---- AMX-bf16 chunk math (linear_bf16.cpp); tiles configured by the caller.
-// Runs chunks [c0, c1) of u from state S ([lk32][ldv], rows >= dk zero; `zero`:
-// S is 0), writing outputs; S ends as the state after chunk c1 - 1 (the last
-// chunk of the unit updates it only if keep_state).
-void bf16_forward_chunks(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
-                         bool zero, bool keep_state);
-// The same for nu <= kMaxLockstep units (heads of one sequence, same chunk range)
-// chunk by chunk in lockstep: their rows of a token lie side by side in memory,
-// so each chunk's pages and cache lines serve all of them (a head's rows alone
-// are a 256-byte slice of every 2 KiB token row: with 8 heads, one head at a
-// time ran 1.5x slower than the same work over contiguous rows). S[i], zero[i]
-// per unit; D: nu * kC * kC floats of scratch (each unit keeps its decay matrix).
+// Runs chunks [c0, c1) of nu <= kMaxLockstep units (heads of one sequence, the
+// same chunks) chunk by chunk in lockstep, each from its state S[i] ([lk32][ldv],
+// rows >= dk zero; zero[i]: S[i] is 0), writing outputs; S[i] ends as the state
+// after chunk c1 - 1 (the last chunk of a unit updates it only if keep_state).
+// Lockstep because the heads' rows of a token lie side by side in memory: each
+// chunk's pages and cache lines serve all of them (a head's rows alone are a
+// 256-byte slice of every 2 KiB token row: with 8 heads, one head at a time ran
+// 1.5x slower than the same work over contiguous rows). D: nu * kC * kC floats
+// of scratch (each unit keeps its decay matrix).
 constexpr int kMaxLockstep = 8;
 void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
                            float* const* S, const bool* zero, bool keep_state, float* D);
