@@ -143,6 +143,19 @@ void init_seg_states(const Ctx& c, const Plan& pl, SegStates& ss) {
   if (n) ss.buf.reset(n * ss.size);
 }
 
+// S = the state entering segment si: from the segment scan `ss` when its unit is
+// segmented, else the operand `st` of its sequence (0 when absent). Returns
+// whether S is zero.
+bool load_entering_state(const Ctx& c, const Plan& pl, SegStates& ss, int64_t si, const Unit& u,
+                         const StateOperand& st, float* S) {
+  if (pl.count[pl.segs[si].u] > 1) {
+    std::memcpy(S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
+    return false;
+  }
+  load_state(c, st, u, S);
+  return st.data == nullptr;
+}
+
 template <class F>
 void for_segments(const Plan& pl, int threads, bool only_segmented, F&& body) {
   std::vector<int64_t> items;
@@ -322,13 +335,7 @@ void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& 
     for (int i = 0; i < nu; ++i) {
       const Segment& sg = pl.segs[grp[i]];
       S[i] = buf.get() + i * state;
-      if (pl.count[sg.u] > 1) {
-        std::memcpy(S[i], ss.at(grp[i]), sizeof(float) * c.ldk * c.ldv);
-        zero[i] = false;
-      } else {
-        load_state(c, c.init, units[sg.u], S[i]);
-        zero[i] = c.init.data == nullptr;
-      }
+      zero[i] = load_entering_state(c, pl, ss, grp[i], units[sg.u], c.init, S[i]);
       pad_state_rows(c, S[i]);
     }
     c.K->bf16->begin();
@@ -374,14 +381,7 @@ void linear_forward(const LinearProblem& p, int threads_req) {
     Bufs& b = scratch.mine();
     Decays dec;
     dec.init(c, u);
-    bool zero;
-    if (pl.count[sg.u] > 1) {
-      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
-      zero = false;
-    } else {
-      load_state(c, c.init, u, b.S);
-      zero = c.init.data == nullptr;
-    }
+    bool zero = load_entering_state(c, pl, ss, si, u, c.init, b.S);
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
       if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
@@ -785,14 +785,7 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     const Segment& sg = pl.segs[si];
     const Unit& u = units[sg.u];
     Bufs& b = scratch.mine();
-    bool zero;
-    if (pl.count[sg.u] > 1) {
-      std::memcpy(b.S, ss.at(si), sizeof(float) * c.ldk * c.ldv);
-      zero = false;
-    } else {
-      load_state(c, c.init, u, b.S);
-      zero = c.init.data == nullptr;
-    }
+    const bool zero = load_entering_state(c, pl, ss, si, u, c.init, b.S);
     if (c.amx) {
       pad_state_rows(c, b.S);
       c.K->bf16->begin();
@@ -836,14 +829,7 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     const Segment& sg = pl.segs[si];
     const Unit& u = units[sg.u];
     Bufs& b = scratch.mine();
-    bool zero;
-    if (pl.count[sg.u] > 1) {
-      std::memcpy(b.dH, hs.at(si), sizeof(float) * c.ldk * c.ldv);
-      zero = false;
-    } else {
-      load_state(c, split ? StateOperand{} : c.dfin, u, b.dH);
-      zero = split || c.dfin.data == nullptr;
-    }
+    bool zero = load_entering_state(c, pl, hs, si, u, split ? StateOperand{} : c.dfin, b.dH);
     float E = 1.f;  // decay from the segment's end to the unit's end
     for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) E *= ss.decay[pl.first[sg.u] + s2];
     if (c.amx) {

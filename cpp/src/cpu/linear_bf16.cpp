@@ -396,12 +396,10 @@ struct ForwardCursor {
   float* S = nullptr;
   bool zero = true;
   float sigma = 1.f;  // the true state is sigma * S
-  // This unit's decay matrix D and what it was built for (Decays::chunk keeps
-  // D while it still applies; in lockstep every unit keeps its own).
+  // In lockstep every unit keeps its own decay matrix and its key, swapped into
+  // the thread's Bufs for its chunks (null: a lone unit uses the thread's).
   float* D = nullptr;
-  GateKind D_kind = GateKind::PerToken;
-  int64_t D_n = -1;
-  float D_g = 0.f;
+  Bufs::DecayKey D_key;
 };
 
 // Chunk ch (< c1) of cursor r: output rows, then the state update.
@@ -411,18 +409,13 @@ void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs&
   const int64_t t = ch * kC, n = std::min(kC, u.T - t);
   const int64_t rows = r16(n);  // query rows computed (16-row tiles)
   if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-  if (r.D) {
-    b.D = r.D;
-    b.D_kind = r.D_kind;
-    b.D_n = r.D_n;
-    b.D_g = r.D_g;
-  }
+  const auto swap_D = [&] {
+    if (!r.D) return;
+    std::swap(b.D, r.D);
+    std::swap(b.D_key, r.D_key);
+  };
+  swap_D();
   r.dec.chunk(c, u, t, n, b, true);
-  if (r.D) {
-    r.D_kind = b.D_kind;
-    r.D_n = b.D_n;
-    r.D_g = b.D_g;
-  }
   // q rows: read in place when they need no padding, else copied.
   const uint16_t* Qa = b.Qb;
   int64_t ldq = c.lk32;
@@ -451,6 +444,7 @@ void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs&
     r.zero = false;
     r.sigma = lazy ? sp : 1.f;
   }
+  swap_D();
 }
 
 }  // namespace
@@ -458,10 +452,6 @@ void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs&
 void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
                            float* const* S, const bool* zero, bool keep_state, float* D) {
   ForwardCursor cur[kMaxLockstep];
-  float* const own_D = b.D;  // the thread's D and its cache state, restored below
-  const GateKind own_kind = b.D_kind;
-  const int64_t own_n = b.D_n;
-  const float own_g = b.D_g;
   for (int i = 0; i < nu; ++i) {
     cur[i].u = &units[i];
     cur[i].dec.init(c, units[i]);
@@ -473,10 +463,6 @@ void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, 
     for (int i = 0; i < nu; ++i) forward_chunk(c, cur[i], ch, c1, b, keep_state);
   for (int i = 0; i < nu; ++i)
     if (keep_state && cur[i].sigma != 1.f) scale_inplace(cur[i].S, c.ldk * c.ldv, cur[i].sigma);  // the true state
-  b.D = own_D;
-  b.D_kind = own_kind;
-  b.D_n = own_n;
-  b.D_g = own_g;
 }
 
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,

@@ -246,10 +246,13 @@ struct Bufs {
   uint16_t *Xb;    // [lk32][lv32]     bf16 rows of a state (for its transposed operand)
   // low halves of split operands (Ctx::hp)
   uint16_t *KdTlo, *QdTlo, *XTvlo, *Xvlo;
-  // cache key of the D matrix for gates that do not vary by token
-  int64_t D_n = -1;
-  float D_g = 0.f;
-  GateKind D_kind = GateKind::PerToken;
+  // what the D matrix holds, for gates that do not vary by token (Decays::chunk
+  // keeps D while it still applies)
+  struct DecayKey {
+    GateKind kind = GateKind::PerToken;
+    int64_t n = -1;
+    float g = 0.f;
+  } D_key;
 
   static int64_t halves(const Ctx& c) {  // bf16 elements
     return 3 * kC * c.lk32 + kC * (c.lk32 + kC) + (c.lk32 + kC) * c.ldv + c.lk32 * kC +
@@ -369,14 +372,11 @@ struct Decays {
     std::fill(ekB + n, ekB + kC, 0.f);
     // D depends only on (kind, gamma, n) unless the gate varies by token: keep the
     // thread's last one when it still applies.
-    if (want_D && kind != GateKind::PerToken && b.D_kind == kind && b.D_n == n &&
-        (kind == GateKind::None || b.D_g == gamma))
+    if (want_D && kind != GateKind::PerToken && b.D_key.kind == kind && b.D_key.n == n &&
+        (kind == GateKind::None || b.D_key.g == gamma))
       want_D = false;
-    else if (want_D) {
-      b.D_kind = kind;
-      b.D_n = n;
-      b.D_g = gamma;
-    }
+    else if (want_D)
+      b.D_key = {kind, n, gamma};
     if (kind == GateKind::None) {
       std::fill(ed, ed + n, 1.f);
       std::fill(ekB, ekB + n, 1.f);
