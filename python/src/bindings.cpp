@@ -6,10 +6,6 @@
 #include "common.hpp"
 #include "cpu/kernels.hpp"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace {
 PyObject* g_unsupported = nullptr;
 }  // namespace
@@ -82,18 +78,5 @@ NB_MODULE(_core, m) {
   // every 4 KiB page faults: with huge pages a 32 MiB output faults 16 times
   // instead of 8192 (measured: allocate + fill of 32 MiB, 8.3 -> 2.1 ms).
   // Returns whether advice was given; a no-op elsewhere.
-  m.def(
-      "_advise_huge_pages",
-      [](uintptr_t ptr, size_t nbytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-        constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-        const uintptr_t a = (ptr + kHuge - 1) & ~(kHuge - 1), e = (ptr + nbytes) & ~(kHuge - 1);
-        return e > a && madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE) == 0;
-#else
-        (void)ptr;
-        (void)nbytes;
-        return false;
-#endif
-      },
-      "ptr"_a, "nbytes"_a);
+  m.def("_advise_huge_pages", &attnkit_py::advise_huge_pages, "ptr"_a, "nbytes"_a);
 }

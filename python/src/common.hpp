@@ -85,4 +85,8 @@ void bind_block_sparse(nb::module_& m);
 void bind_linear(nb::module_& m);
 void bind_host_pool(nb::module_& m);  // host_pool.cpp
 
+// Asks Linux for transparent huge pages over the 2 MiB-aligned interior of a host
+// buffer; returns whether advice was given (a no-op elsewhere). host_pool.cpp.
+bool advise_huge_pages(uintptr_t ptr, size_t nbytes);
+
 }  // namespace attnkit_py

@@ -34,19 +34,26 @@ namespace {
 
 constexpr size_t kPage = size_t(4) << 10, kHuge = size_t(2) << 20;
 
+}  // namespace
+
+bool advise_huge_pages(uintptr_t ptr, size_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t a = (ptr + kHuge - 1) & ~(kHuge - 1), e = (ptr + nbytes) & ~(kHuge - 1);
+  return e > a && madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE) == 0;
+#else
+  (void)ptr;
+  (void)nbytes;
+  return false;
+#endif
+}
+
+namespace {
+
 void* map_block(size_t bytes, bool huge) {
 #ifdef AK_POOL_MMAP
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  // Huge pages over the 2 MiB-aligned interior (the first writes fault once per 2 MiB).
-  if (huge && bytes >= kHuge) {
-    const uintptr_t b = reinterpret_cast<uintptr_t>(p);
-    const uintptr_t a = (b + kHuge - 1) & ~(kHuge - 1), e = (b + bytes) & ~(kHuge - 1);
-    if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-  }
-#endif
-  (void)huge;
+  if (huge) advise_huge_pages(reinterpret_cast<uintptr_t>(p), bytes);  // the first writes fault once per 2 MiB
   return p;
 #else
   (void)huge;
