@@ -243,63 +243,67 @@ void run_forward(const Sched& s, const EngineArgs& a, const Math& math, int thre
     for (int i = 0; i < n; ++i)
       prefetch_row(a.out.row(P.b, tok[i], P.hq), Dv * dtype_size(a.out.dtype), true);
 
-    math.begin();
-    math.fwd_load_q(P, tok, n, ws);
     std::fill(OT, OT + orows * kQ, 0.f);
     std::fill(m, m + kQ, -INFINITY);
     std::fill(l, l + kQ, 0.f);
     collect_ranges(s, P, t, R);
-    if (Math::kTileChunks && !vector_passes(math, R)) {
-      // The tile's ranges in chunks of rows shared by the vectors that reach them:
-      // scores per piece for its vectors, the softmax per vector over its pieces
-      // (one reference max per chunk), then O^T += V^T P^T over the whole chunk.
-      for_each_tile_chunk(math, R, nkt, [&](const ChunkPiece* pc, const uint32_t* bits, int np,
-                                            int64_t rows) {
-        uint32_t any = 0;
-        for (int i = 0; i < np; ++i) {
-          math.scores(P.kvp, pc[i].c0, pc[i].nk, ws, ST + pc[i].row * kQ, bits[i]);
-          any |= bits[i];
-        }
-        math.finish_scores(ST, rows, nullptr);
-        for (int i = 0; i < np; ++i)
-          apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ,
-                      bits[i]);
-        for (int v = 0; v < kQ / kLanes; ++v) {
-          if (!((any >> v) & 1u)) continue;
-          int64_t r0[kMaxPieces], nr[kMaxPieces];
-          int nv = 0;
-          for (int i = 0; i < np; ++i)
-            if ((bits[i] >> v) & 1u) r0[nv] = pc[i].row, nr[nv++] = pc[i].nk;
-          if (math.softmax_rows(ST, nv, r0, nr, m, l, alpha, ws, v)) K.scale_lanes(OT, orows, alpha, v, v + 1);
-        }
-        math.pv_chunk(P.kvp, pc, bits, np, ws, OT);
-      });
-    } else if (!vector_passes(math, R)) {
-      for_each_chunk(math, R, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
-                                       uint32_t bits) {
-        // Lanes of vectors outside `bits` keep stale values: every step below skips them.
-        math.scores(P.kvp, c0, nk, ws, ST, bits);
-        math.finish_scores(ST, nk, nullptr);
-        apply_masks(s, P, t, c0, nk, k0, k1, full, ST, bits);
-        for_each_vector_run(bits, [&](int v0, int v1) {
-          if (math.softmax(ST, nk, m, l, alpha, ws, v0, v1)) K.scale_lanes(OT, orows, alpha, v0, v1);
-        });
-        math.pv(P.kvp, c0, nk, ST, ws, OT, bits);
-      });
-    } else {
-      for (int v = 0; v < kQ / kLanes; ++v) {
-        const uint32_t vb = 1u << v;
-        for_each_vector_chunk(math, R, v, nkt, [&](const ChunkPiece* pc, int np, int64_t rows) {
-          math.scores_pieces(P.kvp, pc, np, ws, ST, v);
+    // A tile that meets no key (an empty block-sparse row, a varlen pad) only
+    // writes zeros: its queries are not even read.
+    if (!R.empty()) {
+      math.begin();
+      math.fwd_load_q(P, tok, n, ws);
+      if (Math::kTileChunks && !vector_passes(math, R)) {
+        // The tile's ranges in chunks of rows shared by the vectors that reach them:
+        // scores per piece for its vectors, the softmax per vector over its pieces
+        // (one reference max per chunk), then O^T += V^T P^T over the whole chunk.
+        for_each_tile_chunk(math, R, nkt, [&](const ChunkPiece* pc, const uint32_t* bits, int np,
+                                              int64_t rows) {
+          uint32_t any = 0;
+          for (int i = 0; i < np; ++i) {
+            math.scores(P.kvp, pc[i].c0, pc[i].nk, ws, ST + pc[i].row * kQ, bits[i]);
+            any |= bits[i];
+          }
           math.finish_scores(ST, rows, nullptr);
           for (int i = 0; i < np; ++i)
-            apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ, vb);
-          if (math.softmax(ST, rows, m, l, alpha, ws, v, v + 1)) K.scale_lanes(OT, orows, alpha, v, v + 1);
-          math.pv_pieces(P.kvp, pc, np, ST, ws, OT, v);
+            apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ,
+                        bits[i]);
+          for (int v = 0; v < kQ / kLanes; ++v) {
+            if (!((any >> v) & 1u)) continue;
+            int64_t r0[kMaxPieces], nr[kMaxPieces];
+            int nv = 0;
+            for (int i = 0; i < np; ++i)
+              if ((bits[i] >> v) & 1u) r0[nv] = pc[i].row, nr[nv++] = pc[i].nk;
+            if (math.softmax_rows(ST, nv, r0, nr, m, l, alpha, ws, v)) K.scale_lanes(OT, orows, alpha, v, v + 1);
+          }
+          math.pv_chunk(P.kvp, pc, bits, np, ws, OT);
         });
+      } else if (!vector_passes(math, R)) {
+        for_each_chunk(math, R, nkt, [&](int64_t c0, int64_t nk, int64_t k0, int64_t k1, bool full,
+                                         uint32_t bits) {
+          // Lanes of vectors outside `bits` keep stale values: every step below skips them.
+          math.scores(P.kvp, c0, nk, ws, ST, bits);
+          math.finish_scores(ST, nk, nullptr);
+          apply_masks(s, P, t, c0, nk, k0, k1, full, ST, bits);
+          for_each_vector_run(bits, [&](int v0, int v1) {
+            if (math.softmax(ST, nk, m, l, alpha, ws, v0, v1)) K.scale_lanes(OT, orows, alpha, v0, v1);
+          });
+          math.pv(P.kvp, c0, nk, ST, ws, OT, bits);
+        });
+      } else {
+        for (int v = 0; v < kQ / kLanes; ++v) {
+          const uint32_t vb = 1u << v;
+          for_each_vector_chunk(math, R, v, nkt, [&](const ChunkPiece* pc, int np, int64_t rows) {
+            math.scores_pieces(P.kvp, pc, np, ws, ST, v);
+            math.finish_scores(ST, rows, nullptr);
+            for (int i = 0; i < np; ++i)
+              apply_masks(s, P, t, pc[i].c0, pc[i].nk, pc[i].k0, pc[i].k1, pc[i].full, ST + pc[i].row * kQ, vb);
+            if (math.softmax(ST, rows, m, l, alpha, ws, v, v + 1)) K.scale_lanes(OT, orows, alpha, v, v + 1);
+            math.pv_pieces(P.kvp, pc, np, ST, ws, OT, v);
+          });
+        }
       }
+      math.end();
     }
-    math.end();
 
     // out_i = O_i / l_i; a row that saw no key has l == 0: output 0 and lse -inf, never NaN.
     for (int i = 0; i < kQ; ++i) alpha[i] = i < n && l[i] > 0 ? 1.f / l[i] : 0.f;

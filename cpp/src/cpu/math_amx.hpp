@@ -291,8 +291,12 @@ class AmxMath {
     // for G a multiple of 32) are whole 16-pair transposes as well.
     constexpr int64_t kBlock = 128, kLead = 16;
     std::vector<std::pair<int64_t, int64_t>> items;
-    for (int64_t kp = 0; kp < rows.count(); ++kp)
-      for (int64_t r = 0; r < rows.base[kp + 1] - rows.base[kp]; r += kBlock) items.push_back({kp, r});
+    // Row blocks outermost, as in for_each_kv_block (math_fma.hpp).
+    int64_t most = 0;
+    for (int64_t kp = 0; kp < rows.count(); ++kp) most = std::max(most, rows.base[kp + 1] - rows.base[kp]);
+    for (int64_t r = 0; r < most; r += kBlock)
+      for (int64_t kp = 0; kp < rows.count(); ++kp)
+        if (r < rows.base[kp + 1] - rows.base[kp]) items.push_back({kp, r});
     const int64_t per = (kBlock + kLead) * dims + kLanes;  // rows, then pairs (halves: 2x)
     FloatBuffer tmp(threads * per);
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {

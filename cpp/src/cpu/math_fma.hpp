@@ -46,8 +46,17 @@ void for_each_kv_block(const Sched& s, int threads, F&& f) {
   constexpr int64_t kBlock = 64;
   std::vector<std::pair<int64_t, int64_t>> items;
   const int64_t nkp = s.num_kv_problems();
-  for (int64_t kp = 0; kp < nkp; ++kp)
-    for (int64_t r = 0; r < s.kv_problem(kp).nk; r += kBlock) items.push_back({kp, r});
+  // Row blocks outermost, kv problems (heads) inside: the heads of a token sit
+  // side by side in its input row, so neighbouring items read neighbouring
+  // memory. Head by head, each pass read a head's 2 cache lines out of every
+  // token row and the hardware prefetchers fetched the rest in vain: measured
+  // 10-14% of a block-sparse forward with an empty mask (packing only), 2-4% of a
+  // 2-D / 3-D neighborhood bf16 forward.
+  int64_t most = 0;
+  for (int64_t kp = 0; kp < nkp; ++kp) most = std::max(most, s.kv_problem(kp).nk);
+  for (int64_t r = 0; r < most; r += kBlock)
+    for (int64_t kp = 0; kp < nkp; ++kp)
+      if (r < s.kv_problem(kp).nk) items.push_back({kp, r});
   parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
     const int64_t kp = items[it].first, r0 = items[it].second;
     const KvProblemRef kv = s.kv_problem(kp);
