@@ -1,4 +1,4 @@
-"""The ``attnkit`` command: ``info``, ``check`` and ``bench``."""
+"""The ``attnkit`` command: ``info``, ``check``, ``bench`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,33 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         bench.save_json(result, args.json)
         print(f"\nwrote {args.json}")
+    if args.plot:
+        from .bench import plot
+
+        for path in plot.write(result, args.plot):
+            print(f"wrote {path}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .bench import plot
+
+    try:
+        with open(args.results) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"attnkit plot: cannot read {args.results!r} as bench JSON: {e}", file=sys.stderr)
+        return 2
+    if not isinstance(result, dict) or not isinstance(result.get("results"), list):
+        print(f"attnkit plot: {args.results!r} is not the JSON of `attnkit bench --json` "
+              "(expected an object with a 'results' list)", file=sys.stderr)
+        return 2
+    paths = plot.write(result, args.out)
+    if not paths:
+        print(f"attnkit plot: {args.results!r} has no attnkit timings to plot", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
     return 0
 
 
@@ -121,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--no-peers", action="store_true", help="time attnkit only")
     pb.add_argument("--no-progress", action="store_true", help="no progress bar")
     pb.add_argument("--json", default=None, metavar="PATH", help="also write results as JSON")
+    pb.add_argument("--plot", default=None, metavar="DIR", help="also write SVG charts into DIR")
     pb.set_defaults(fn=_bench)
+
+    pp = sub.add_parser("plot", help="SVG charts from the JSON of `attnkit bench --json`")
+    pp.add_argument("results", help="a JSON file written by `attnkit bench --json`")
+    pp.add_argument("--out", default="attnkit-plots", metavar="DIR",
+                    help="directory for the SVG files (default: attnkit-plots)")
+    pp.set_defaults(fn=_plot)
     return p
 
 
