@@ -274,7 +274,7 @@ def test_segmented_schedule(rng, threads, H, dtype):
 @pytest.mark.parametrize("Dk", [64, 40])
 def test_heads_in_lockstep(rng, dtype, gate, Dk):
     """Many (batch, head) units run their chunks in lockstep groups of up to 8
-    heads of one sequence (bf16 on AMX CPUs), each with its own state, decays
+    heads of one sequence (fp32, and bf16 on AMX CPUs), each with its own state, decays
     and decay matrix: every thread count gives the same bits, and the recurrence's
     values; also with varlen sequences, which a group never mixes."""
     q, k, v, g, s0 = make(rng, (2, 300, 8, 4, Dk, 48), dtype, gate=gate, state=True)

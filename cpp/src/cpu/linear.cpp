@@ -299,12 +299,63 @@ void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan&
     });
 }
 
+// The fp32 counterpart of bf16_forward_lockstep (see linear_impl.hpp): one
+// unit's walk over its chunks, its decays, state and decay matrix.
+struct Fp32Cursor {
+  const Unit* u = nullptr;
+  Decays dec;
+  float* S = nullptr;
+  bool zero = true;
+  float* D = nullptr;  // this unit's decay matrix, swapped into the thread's Bufs (null: alone)
+  Bufs::DecayKey D_key;
+};
+
+// Chunk ch (< c1) of cursor r: output rows, then the state update.
+void fp32_forward_chunk(const Ctx& c, Fp32Cursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
+  const Unit& u = *r.u;
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+  if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+  const auto swap_D = [&] {
+    if (!r.D) return;
+    std::swap(b.D, r.D);
+    std::swap(b.D_key, r.D_key);
+  };
+  swap_D();
+  r.dec.chunk(c, u, t, n, b, true);
+  pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+  pack_k(c, u, t, n, b, false, true);
+  pack_v(c, u, t, n, b, true, false);
+  scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+  chunk_output(c, n, b, r.zero ? nullptr : r.S, b.O);
+  store_out(c, u, t, n, b.O, b.row);
+  if (ch + 1 < u.chunks() || keep_state) {
+    state_update(c, n, b, r.S, r.zero);
+    r.zero = false;
+  }
+  swap_D();
+}
+
+void fp32_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
+                           float* const* S, const bool* zero, bool keep_state, float* D) {
+  Fp32Cursor cur[kMaxLockstep];
+  for (int i = 0; i < nu; ++i) {
+    cur[i].u = &units[i];
+    cur[i].dec.init(c, units[i]);
+    cur[i].S = S[i];
+    cur[i].zero = zero[i];
+    cur[i].D = nu > 1 ? D + i * kC * kC : nullptr;
+  }
+  for (int64_t ch = c0; ch < c1; ++ch)
+    for (int i = 0; i < nu; ++i) fp32_forward_chunk(c, cur[i], ch, c1, b, keep_state);
+}
+
 }  // namespace
 
-// AMX forward: segments of the heads of one sequence that cover the same chunks
-// run in lockstep groups (bf16_forward_lockstep), as large as still gives every
-// thread a group; a group never mixes sequences. States enter from the segment
-// scan (segmented units) or the initial state.
+// The causal forward: segments of the heads of one sequence that cover the same
+// chunks run in lockstep groups (bf16_forward_lockstep on AMX, else
+// fp32_forward_lockstep), as large as still gives every thread a group; a group
+// never mixes sequences. States enter from the segment scan (segmented units) or
+// the initial state.
 void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
                       Scratch& scratch, int threads) {
   const int64_t N = static_cast<int64_t>(pl.segs.size());
@@ -338,10 +389,15 @@ void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& 
       zero[i] = load_entering_state(c, pl, ss, grp[i], units[sg.u], c.init, S[i]);
       pad_state_rows(c, S[i]);
     }
-    c.K->bf16->begin();
-    bf16_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, b, S, zero, c.fin.data != nullptr,
-                          buf.get() + nu * state);
-    c.K->bf16->end();
+    if (c.amx) {
+      c.K->bf16->begin();
+      bf16_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, b, S, zero, c.fin.data != nullptr,
+                            buf.get() + nu * state);
+      c.K->bf16->end();
+    } else {
+      fp32_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, b, S, zero, c.fin.data != nullptr,
+                            buf.get() + nu * state);
+    }
     for (int i = 0; i < nu; ++i) {
       const Segment& sg = pl.segs[grp[i]];
       if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, S[i], c.fin, units[sg.u]);
@@ -370,36 +426,7 @@ void linear_forward(const LinearProblem& p, int threads_req) {
     init_seg_states(c, pl, ss);
     forward_scan(c, units, pl, ss, scratch, threads);
   }
-  if (c.amx) {
-    lockstep_forward(c, units, pl, ss, scratch, threads);
-    return;
-  }
-
-  for_segments(pl, threads, false, [&](int64_t si) {
-    const Segment& sg = pl.segs[si];
-    const Unit& u = units[sg.u];
-    Bufs& b = scratch.mine();
-    Decays dec;
-    dec.init(c, u);
-    bool zero = load_entering_state(c, pl, ss, si, u, c.init, b.S);
-    for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
-      const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-      if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-      dec.chunk(c, u, t, n, b, true);
-      pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
-      pack_k(c, u, t, n, b, false, true);
-      pack_v(c, u, t, n, b, true, false);
-      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
-      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
-      store_out(c, u, t, n, b.O, b.row);
-      const bool last_chunk = ch + 1 == u.chunks();
-      if (!last_chunk || c.fin.data) {
-        state_update(c, n, b, b.S, zero);
-        zero = false;
-      }
-    }
-    if (c.fin.data && sg.s + 1 == pl.count[sg.u]) save_state(c, b.S, c.fin, u);
-  });
+  lockstep_forward(c, units, pl, ss, scratch, threads);
 }
 
 // ============================================================================ backward
