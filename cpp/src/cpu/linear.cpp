@@ -29,7 +29,7 @@
 // (adjoint state dH, giving dk, dv and d(initial_state)); dg comes from the
 // identity dg_s = sum_{i>=s} (q_i.dq_i - k_i.dk_i) + <dS_final, S_final>,
 // accumulated in double and regrouped so that no large sums cancel (see
-// intra_dg, backward_reverse_segment, compute_dg). GQA partial dk/dv are summed
+// intra_dg, backward_reverse_chunk, compute_dg). GQA partial dk/dv are summed
 // in a fixed order, so the result is reproducible run to run.
 #include "linear.hpp"
 
@@ -299,54 +299,32 @@ void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan&
     });
 }
 
-// The fp32 counterpart of bf16_forward_lockstep (see linear_impl.hpp): one
-// unit's walk over its chunks, its decays, state and decay matrix.
-struct Fp32Cursor {
-  const Unit* u = nullptr;
-  Decays dec;
-  float* S = nullptr;
-  bool zero = true;
-  float* D = nullptr;  // this unit's decay matrix, swapped into the thread's Bufs (null: alone)
-  Bufs::DecayKey D_key;
-};
-
+// The fp32 counterpart of bf16_forward_lockstep (linear_impl.hpp).
 // Chunk ch (< c1) of cursor r: output rows, then the state update.
-void fp32_forward_chunk(const Ctx& c, Fp32Cursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
+void fp32_forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
   const Unit& u = *r.u;
   const int64_t t = ch * kC, n = std::min(kC, u.T - t);
   if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-  const auto swap_D = [&] {
-    if (!r.D) return;
-    std::swap(b.D, r.D);
-    std::swap(b.D_key, r.D_key);
-  };
-  swap_D();
+  r.swap_decay(b);
   r.dec.chunk(c, u, t, n, b, true);
   pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
   pack_k(c, u, t, n, b, false, true);
   pack_v(c, u, t, n, b, true, false);
   scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
-  chunk_output(c, n, b, r.zero ? nullptr : r.S, b.O);
+  chunk_output(c, n, b, r.zero ? nullptr : r.X, b.O);
   store_out(c, u, t, n, b.O, b.row);
   if (ch + 1 < u.chunks() || keep_state) {
-    state_update(c, n, b, r.S, r.zero);
+    state_update(c, n, b, r.X, r.zero);
     r.zero = false;
   }
-  swap_D();
+  r.swap_decay(b);
 }
 
 void fp32_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
                            float* const* S, const bool* zero, bool keep_state, float* D) {
-  Fp32Cursor cur[kMaxLockstep];
-  for (int i = 0; i < nu; ++i) {
-    cur[i].u = &units[i];
-    cur[i].dec.init(c, units[i]);
-    cur[i].S = S[i];
-    cur[i].zero = zero[i];
-    cur[i].D = nu > 1 ? D + i * kC * kC : nullptr;
-  }
-  for (int64_t ch = c0; ch < c1; ++ch)
-    for (int i = 0; i < nu; ++i) fp32_forward_chunk(c, cur[i], ch, c1, b, keep_state);
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, 0, nu, S, zero, D);
+  lockstep_chunks(cur, nu, c0, c1, false, [&](Cursor& r, int64_t ch) { fp32_forward_chunk(c, r, ch, c1, b, keep_state); });
 }
 
 }  // namespace
@@ -356,11 +334,12 @@ void fp32_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, 
 // fp32_forward_lockstep), as large as still gives every thread a group; a group
 // never mixes sequences. States enter from the segment scan (segmented units) or
 // the initial state.
-void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
-                      Scratch& scratch, int threads) {
+// Lockstep groups (segment ids): segment s of consecutive units (heads) with the
+// same sequence and chunks, as many as still gives every thread a group.
+std::vector<std::vector<int64_t>> lockstep_groups(const std::vector<Unit>& units, const Plan& pl,
+                                                  int threads) {
   const int64_t N = static_cast<int64_t>(pl.segs.size());
   const int64_t g = std::max<int64_t>(1, std::min<int64_t>(kMaxLockstep, N / std::max(threads, 1)));
-  // Groups: segment s of consecutive units (heads) with the same sequence and chunks.
   std::vector<std::vector<int64_t>> groups;
   for (int64_t u = 0; u < static_cast<int64_t>(units.size());) {
     int64_t n = 1;
@@ -374,6 +353,12 @@ void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& 
     }
     u += n;
   }
+  return groups;
+}
+
+void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
+                      Scratch& scratch, int threads) {
+  const auto groups = lockstep_groups(units, pl, threads);
   const int64_t state = c.state_floats();
   parallel_for(static_cast<int64_t>(groups.size()), threads, [&](int64_t gi) {
     const std::vector<int64_t>& grp = groups[gi];
@@ -434,58 +419,61 @@ namespace {
 
 using namespace lin;
 
-// Forward sweep of one segment: dq (and q.dq), dOa (normalize); ST / S carry the state.
-void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
-                              BwdWork& w) {
-  Decays dec;
-  dec.init(c, u);
-  for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
-    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-    if (ch + 1 < sg.c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-    dec.chunk(c, u, t, n, b, true);
-    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
-    pack_k(c, u, t, n, b, true, c.normalize);
-    pack_v(c, u, t, n, b, true, true);
-    pack_dout(c, u, t, n, b.dO);
-    if (c.normalize) {
-      scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
-      chunk_output(c, n, b, zero ? nullptr : b.S, b.O);
-      normalize_dout(c, n, b);
-      std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
-    }
-    // Bm[i][j] = scale D_ij dOa_i . v_j ; dq = diag(scale ed) dOa S^T + Bm K
-    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
-    float* dq = b.T1 + 0;  // [kC][ldk]; T1 is reused by state_update_T after dq is stored
-    if (!zero) {
-      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, b.ST, c.ldk, dq, c.ldk, false);
-      scale_rows(dq, n, c.ldk, b.ed, c.scale);
-    } else {
-      std::fill(dq, dq + n * c.ldk, 0.f);
-    }
-    if (w.want_dg)  // q . dq, inter-chunk part (the intra part of dg comes from the reverse sweep)
-      for (int64_t i = 0; i < n; ++i) {
-        const float* qi = b.Q + i * c.ldk;
-        const float* r = dq + i * c.ldk;
-        float s = 0.f;
-        for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
-        w.rq.get()[w.idx(c, u, t + i)] = s;
-      }
-    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
-      const int64_t rows = std::min(kBlk, n - r0);
-      c.K->gemm(rows, c.ldk / kLanes, r0 + kBlk, b.Bm + r0 * kC, kC, 1, b.K, c.ldk,
-                dq + r0 * c.ldk, c.ldk, true);
-    }
-    for (int64_t i = 0; i < n; ++i)
-      store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
-    if (ch + 1 < u.chunks()) {
-      state_update_T(c, n, b, b.ST, zero);
-      if (c.normalize) state_update(c, n, b, b.S, zero);
-      zero = false;
-    }
+// The backward sweeps run the heads of a sequence in lockstep groups, as the
+// forward (lockstep_groups), one Cursor per unit.
+
+// Forward sweep, chunk ch (< c1): dq (and q.dq), dOa (normalize); ST / S carry the state.
+void backward_forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, BwdWork& w) {
+  const Unit& u = *r.u;
+  const Decays& dec = r.dec;
+  bool& zero = r.zero;
+  r.swap_decay(b);
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+  if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+  dec.chunk(c, u, t, n, b, true);
+  pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+  pack_k(c, u, t, n, b, true, c.normalize);
+  pack_v(c, u, t, n, b, true, true);
+  pack_dout(c, u, t, n, b.dO);
+  if (c.normalize) {
+    scores_lower(c, n, c.dk, b.Q, c.ldk, b.KT, b.D, b.P);
+    chunk_output(c, n, b, zero ? nullptr : r.X, b.O);
+    normalize_dout(c, n, b);
+    std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
   }
+  // Bm[i][j] = scale D_ij dOa_i . v_j ; dq = diag(scale ed) dOa S^T + Bm K
+  scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+  float* dq = b.T1 + 0;  // [kC][ldk]; T1 is reused by state_update_T after dq is stored
+  if (!zero) {
+    c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, r.XT, c.ldk, dq, c.ldk, false);
+    scale_rows(dq, n, c.ldk, b.ed, c.scale);
+  } else {
+    std::fill(dq, dq + n * c.ldk, 0.f);
+  }
+  if (w.want_dg)  // q . dq, inter-chunk part (the intra part of dg comes from the reverse sweep)
+    for (int64_t i = 0; i < n; ++i) {
+      const float* qi = b.Q + i * c.ldk;
+      const float* r = dq + i * c.ldk;
+      float s = 0.f;
+      for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
+      w.rq.get()[w.idx(c, u, t + i)] = s;
+    }
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0);
+    c.K->gemm(rows, c.ldk / kLanes, r0 + kBlk, b.Bm + r0 * kC, kC, 1, b.K, c.ldk,
+              dq + r0 * c.ldk, c.ldk, true);
+  }
+  for (int64_t i = 0; i < n; ++i)
+    store_row(dq + i * c.ldk, c.dk, c.dq.dt, c.dq.row(u.b, u.t0 + t + i, u.hq));
+  if (ch + 1 < u.chunks()) {
+    state_update_T(c, n, b, r.XT, zero);
+    if (c.normalize) state_update(c, n, b, r.X, zero);
+    zero = false;
+  }
+  r.swap_decay(b);
 }
 
-// Reverse sweep of one segment, chunks last to first: dk, dv (and the dg terms);
+// Reverse sweep, chunk ch (>= c0; chunks run last to first): dk, dv (and the dg terms);
 // dH carries the adjoint of the state at the current chunk's end.
 //
 // With dg and dS_final both wanted ("split"), dH excludes dS_final, whose
@@ -493,92 +481,105 @@ void backward_forward_segment(const Ctx& c, const Unit& u, const Segment& sg, Bu
 // to dk and dv explicitly: then k.dk's inter part never contains it, and the
 // final state's part of dg is summed on its own (see compute_dg) -- otherwise
 // a rounding residual of size <dS_final, S_final> would reach every token.
-void backward_reverse_segment(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, bool zero,
-                              BwdWork& w, int64_t ui, float E) {
-  Decays dec;
-  dec.init(c, u);
+void backward_reverse_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c0, Bufs& b, BwdWork& w) {
+  const Unit& u = *r.u;
+  const Decays& dec = r.dec;
+  float* const dH = r.X;
+  bool& zero = r.zero;
+  float& E = r.E;
+  const int64_t ui = r.ui;
   const bool split = w.want_dg && c.dfin.data;
   const float* F = split ? w.dfin_pad.get() + ui * c.ldk * c.ldv : nullptr;
   float* dv = b.Vd;   // [kC][ldv]
   float* XF = b.O;    // [kC][ldv] K dS_final
   float* XT = b.T1;   // [ldk][kC] dk^T
   float* dHt = b.ST;  // [ldk][ldv] dH + E dS_final (split)
-  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
-    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-    if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
-    dec.chunk(c, u, t, n, b, true);
-    pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
-    pack_k(c, u, t, n, b, false, true);
-    pack_v(c, u, t, n, b, false, true);
-    load_doa(c, u, t, n, b, w);
-    scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
-    scores_lower_raw(c, n, c.dk, b.Q, c.ldk, b.KT, b.P);
-    if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
-    decay_lower(c, n, b.D, b.P);
-    // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
-    if (!zero)
-      c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, b.dH, c.ldv, dv, c.ldv, false);
-    else
-      std::fill(dv, dv + n * c.ldv, 0.f);
-    if (split) c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, F, c.ldv, XF, c.ldv, false);
-    for (int64_t j = 0; j < n; ++j) {
-      float* x = dv + j * c.ldv;
-      if (w.want_dg) {  // k_j . dk_j, inter-chunk part = ekB_j (k_j dH) . v_j; and f_j
-        float s = 0.f, sf = 0.f;
-        for (int64_t e = 0; e < c.dve; ++e) s += x[e] * b.VT[e * kC + j];
-        w.rk.get()[w.idx(c, u, t + j)] = s * b.ekB[j];
-        if (split) {
-          for (int64_t e = 0; e < c.dv; ++e) sf += XF[j * c.ldv + e] * b.VT[e * kC + j];
-          w.rf.get()[w.idx(c, u, t + j)] = sf * b.ekB[j] * E;
-        }
+  r.swap_decay(b);
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+  if (ch > c0) prefetch_chunk(c, u, t - kC, kC);
+  dec.chunk(c, u, t, n, b, true);
+  pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
+  pack_k(c, u, t, n, b, false, true);
+  pack_v(c, u, t, n, b, false, true);
+  load_doa(c, u, t, n, b, w);
+  scores_lower(c, n, c.dve, b.dO, c.ldv, b.VT, b.D, b.Bm);
+  scores_lower_raw(c, n, c.dk, b.Q, c.ldk, b.KT, b.P);
+  if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
+  decay_lower(c, n, b.D, b.P);
+  // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
+  if (!zero)
+    c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, dH, c.ldv, dv, c.ldv, false);
+  else
+    std::fill(dv, dv + n * c.ldv, 0.f);
+  if (split) c.K->gemm(n, c.ldv / kLanes, c.dk, b.KT, 1, kC, F, c.ldv, XF, c.ldv, false);
+  for (int64_t j = 0; j < n; ++j) {
+    float* x = dv + j * c.ldv;
+    if (w.want_dg) {  // k_j . dk_j, inter-chunk part = ekB_j (k_j dH) . v_j; and f_j
+      float s = 0.f, sf = 0.f;
+      for (int64_t e = 0; e < c.dve; ++e) s += x[e] * b.VT[e * kC + j];
+      w.rk.get()[w.idx(c, u, t + j)] = s * b.ekB[j];
+      if (split) {
+        for (int64_t e = 0; e < c.dv; ++e) sf += XF[j * c.ldv + e] * b.VT[e * kC + j];
+        w.rf.get()[w.idx(c, u, t + j)] = sf * b.ekB[j] * E;
       }
-      const float a = b.ekB[j];
-      if (split)
-        for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
-      else
-        for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
     }
-    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
-      const int64_t rows = std::min(kBlk, n - r0);
-      c.K->gemm(rows, c.ldv / kLanes, n - r0, b.P + r0 * kC + r0, 1, kC, b.dO + r0 * c.ldv, c.ldv,
-                dv + r0 * c.ldv, c.ldv, true);
-    }
-    store_R(c, u, t, n, dv, c.ldv, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr);
-    // dk^T[d][j] = ekB_j ((dH + E dS_final) V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
-    const float* H = b.dH;
-    if (split) {
-      for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : b.dH[i]) + E * F[i];
-      H = dHt;
-    }
-    if (!zero || split) {
-      c.K->gemm(c.dk, kC / kLanes, c.dve, H, c.ldv, 1, b.VT, kC, XT, kC, false);
-      scale_cols(XT, c.dk, kC, b.ekB, n);
-    } else {
-      std::fill(XT, XT + c.dk * kC, 0.f);
-    }
-    for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
-      const int64_t rows = std::min(kBlk, n - r0);
-      c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
-                kC, true);
-    }
-    store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
-    adjoint_update(c, n, b, b.dH, zero);
-    zero = false;
-    E *= b.eB;
+    const float a = b.ekB[j];
+    if (split)
+      for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
+    else
+      for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
   }
-  if (split && sg.s == 0) {
-    // d S_0 = dH + decay(0 -> T) dS_final; and <dS_final, decay(0 -> T) S_0> for dg
-    if (zero) std::fill(b.dH, b.dH + c.ldk * c.ldv, 0.f);
-    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) b.dH[i] += E * F[i];
-    if (c.init.data) {
-      const float* S0 = c.init.at(u.seq, u.hq);
-      double acc = 0;
-      for (int64_t d = 0; d < c.dk; ++d)
-        for (int64_t e = 0; e < c.dv; ++e)
-          acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
-      w.fin0[ui] = acc * E;
-    }
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0);
+    c.K->gemm(rows, c.ldv / kLanes, n - r0, b.P + r0 * kC + r0, 1, kC, b.dO + r0 * c.ldv, c.ldv,
+              dv + r0 * c.ldv, c.ldv, true);
   }
+  store_R(c, u, t, n, dv, c.ldv, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr);
+  // dk^T[d][j] = ekB_j ((dH + E dS_final) V^T)[d][j] + sum_{i>=j} Q[i][d] Bm[i][j]
+  const float* H = dH;
+  if (split) {
+    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : dH[i]) + E * F[i];
+    H = dHt;
+  }
+  if (!zero || split) {
+    c.K->gemm(c.dk, kC / kLanes, c.dve, H, c.ldv, 1, b.VT, kC, XT, kC, false);
+    scale_cols(XT, c.dk, kC, b.ekB, n);
+  } else {
+    std::fill(XT, XT + c.dk * kC, 0.f);
+  }
+  for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
+    const int64_t rows = std::min(kBlk, n - r0);
+    c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
+              kC, true);
+  }
+  store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+  adjoint_update(c, n, b, dH, zero);
+  zero = false;
+  E *= b.eB;
+  r.swap_decay(b);
+}
+
+// The two sweeps over chunks [c0, c1) of units[0..nu) (ids ui0..) in lockstep;
+// S, ST / dH, zero and E per unit as for the bf16 sweeps (linear_impl.hpp). D:
+// nu * kC * kC floats of scratch.
+void fp32_backward_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1,
+                                    Bufs& b, float* const* S, float* const* ST, const bool* zero,
+                                    BwdWork& w, float* D) {
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, 0, nu, S, zero, D);
+  for (int i = 0; i < nu; ++i) cur[i].XT = ST[i];
+  lockstep_chunks(cur, nu, c0, c1, false, [&](Cursor& r, int64_t ch) { backward_forward_chunk(c, r, ch, c1, b, w); });
+}
+
+void fp32_backward_reverse_lockstep(const Ctx& c, const Unit* units, int64_t ui0, int nu,
+                                    const Segment& sg, Bufs& b, float* const* dH, const bool* zero,
+                                    const float* E, BwdWork& w, float* D) {
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, ui0, nu, dH, zero, D);
+  for (int i = 0; i < nu; ++i) cur[i].E = E[i];
+  lockstep_chunks(cur, nu, sg.c0, sg.c1, true, [&](Cursor& r, int64_t ch) { backward_reverse_chunk(c, r, ch, sg.c0, b, w); });
+  if (w.want_dg && c.dfin.data && sg.s == 0)
+    for (int i = 0; i < nu; ++i) finish_split_adjoint(c, units[i], cur[i].ui, cur[i].X, cur[i].zero, cur[i].E, w);
 }
 
 // Local adjoint of a segment (zero at its end): sum over its chunks of the
@@ -808,24 +809,37 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     init_seg_states(c, pl, ss);
     forward_scan(c, units, pl, ss, scratch, threads);
   }
-  for_segments(pl, threads, false, [&](int64_t si) {
-    const Segment& sg = pl.segs[si];
-    const Unit& u = units[sg.u];
-    Bufs& b = scratch.mine();
-    const bool zero = load_entering_state(c, pl, ss, si, u, c.init, b.S);
-    if (c.amx) {
-      pad_state_rows(c, b.S);
-      c.K->bf16->begin();
-      bf16_backward_forward(c, u, sg.c0, sg.c1, b, b.S, zero, w);
-      c.K->bf16->end();
-      return;
+  // Both sweeps run the heads of a sequence in lockstep groups, as the forward.
+  const int64_t state = c.state_floats();
+  const auto groups = lockstep_groups(units, pl, threads);
+  parallel_for(static_cast<int64_t>(groups.size()), threads, [&](int64_t gi) {
+    const std::vector<int64_t>& grp = groups[gi];
+    const int nu = static_cast<int>(grp.size());
+    const Segment& s0 = pl.segs[grp[0]];
+    FloatBuffer buf(nu * (2 * state + kC * kC));
+    float *S[kMaxLockstep], *ST[kMaxLockstep];
+    bool zero[kMaxLockstep];
+    for (int i = 0; i < nu; ++i) {
+      S[i] = buf.get() + i * state;
+      ST[i] = buf.get() + (nu + i) * state;
+      zero[i] = load_entering_state(c, pl, ss, grp[i], units[pl.segs[grp[i]].u], c.init, S[i]);
+      if (c.amx)
+        pad_state_rows(c, S[i]);
+      else if (!zero[i])
+        transpose(S[i], c.dk, c.dve, c.ldv, ST[i], c.ldk, c.ldv);
     }
-    if (!zero) transpose(b.S, c.dk, c.dve, c.ldv, b.ST, c.ldk, c.ldv);
-    backward_forward_segment(c, u, sg, b, zero, w);
+    float* D = buf.get() + 2 * nu * state;
+    if (c.amx) {
+      c.K->bf16->begin();
+      bf16_backward_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, scratch.mine(), S, zero, w, D);
+      c.K->bf16->end();
+    } else {
+      fp32_backward_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, scratch.mine(), S, ST, zero, w, D);
+    }
   });
 
   // ---- reverse sweep: adjoint states leaving each segment, then dk, dv
-  const bool split = w.want_dg && c.dfin.data;  // see backward_reverse_segment
+  const bool split = w.want_dg && c.dfin.data;  // see backward_reverse_chunk
   SegStates hs;
   if (pl.segmented) {
     init_seg_states(c, pl, hs);
@@ -852,24 +866,43 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
       }
     });
   }
-  for_segments(pl, threads, false, [&](int64_t si) {
+  // The adjoint entering segment si (from its end) and the decay from there to the unit's end.
+  const auto entering_adjoint = [&](int64_t si, float* dH, float* E) {
     const Segment& sg = pl.segs[si];
-    const Unit& u = units[sg.u];
-    Bufs& b = scratch.mine();
-    bool zero = load_entering_state(c, pl, hs, si, u, split ? StateOperand{} : c.dfin, b.dH);
-    float E = 1.f;  // decay from the segment's end to the unit's end
-    for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) E *= ss.decay[pl.first[sg.u] + s2];
+    *E = 1.f;
+    for (int64_t s2 = sg.s + 1; s2 < pl.count[sg.u]; ++s2) *E *= ss.decay[pl.first[sg.u] + s2];
+    return load_entering_state(c, pl, hs, si, units[sg.u], split ? StateOperand{} : c.dfin, dH);
+  };
+  // After the first segment's chunks dH is the adjoint of S_0 (a unit without
+  // tokens passes dS_final straight through: S_final = S_0).
+  const auto save_adjoint = [&](int64_t si, const float* dH) {
+    const Segment& sg = pl.segs[si];
+    if (sg.s == 0 && c.dinit.data) save_state(c, dH, c.dinit, units[sg.u]);
+  };
+  parallel_for(static_cast<int64_t>(groups.size()), threads, [&](int64_t gi) {
+    const std::vector<int64_t>& grp = groups[gi];
+    const int nu = static_cast<int>(grp.size());
+    const Segment& s0 = pl.segs[grp[0]];
+    const int64_t fv = c.amx && split ? (nu * c.lk32 * c.ldv + 1) / 2 : 0;  // floats holding the bf16 Fv
+    FloatBuffer buf(nu * (state + kC * kC) + fv);
+    float* dH[kMaxLockstep];
+    bool zero[kMaxLockstep];
+    float E[kMaxLockstep];
+    for (int i = 0; i < nu; ++i) {
+      dH[i] = buf.get() + i * state;
+      zero[i] = entering_adjoint(grp[i], dH[i], &E[i]);
+      if (c.amx) pad_state_rows(c, dH[i]);
+    }
+    float* D = buf.get() + nu * state;
     if (c.amx) {
-      pad_state_rows(c, b.dH);
       c.K->bf16->begin();
-      bf16_backward_reverse(c, u, sg, b, b.dH, zero, w, sg.u, E);
+      bf16_backward_reverse_lockstep(c, &units[s0.u], s0.u, nu, s0, scratch.mine(), dH, zero, E, w, D,
+                                     reinterpret_cast<uint16_t*>(buf.get() + nu * (state + kC * kC)));
       c.K->bf16->end();
     } else {
-      backward_reverse_segment(c, u, sg, b, zero, w, sg.u, E);
+      fp32_backward_reverse_lockstep(c, &units[s0.u], s0.u, nu, s0, scratch.mine(), dH, zero, E, w, D);
     }
-    // After the first segment's chunks dH is the adjoint of S_0 (a unit without
-    // tokens passes dS_final straight through: S_final = S_0).
-    if (sg.s == 0 && c.dinit.data) save_state(c, b.dH, c.dinit, u);
+    for (int i = 0; i < nu; ++i) save_adjoint(grp[i], dH[i]);
   });
 
   if (w.gqa) reduce_gqa(c, units, w, threads);

@@ -389,32 +389,14 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
 
 namespace {
 
-// One unit's forward walk over its chunks: its decays, state and lazy scale.
-struct ForwardCursor {
-  const Unit* u = nullptr;
-  Decays dec;
-  float* S = nullptr;
-  bool zero = true;
-  float sigma = 1.f;  // the true state is sigma * S
-  // In lockstep every unit keeps its own decay matrix and its key, swapped into
-  // the thread's Bufs for its chunks (null: a lone unit uses the thread's).
-  float* D = nullptr;
-  Bufs::DecayKey D_key;
-};
-
 // Chunk ch (< c1) of cursor r: output rows, then the state update.
-void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
+void forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
   const Unit& u = *r.u;
-  float* const S = r.S;
+  float* const S = r.X;
   const int64_t t = ch * kC, n = std::min(kC, u.T - t);
   const int64_t rows = r16(n);  // query rows computed (16-row tiles)
   if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-  const auto swap_D = [&] {
-    if (!r.D) return;
-    std::swap(b.D, r.D);
-    std::swap(b.D_key, r.D_key);
-  };
-  swap_D();
+  r.swap_decay(b);
   r.dec.chunk(c, u, t, n, b, true);
   // q rows: read in place when they need no padding, else copied.
   const uint16_t* Qa = b.Qb;
@@ -444,25 +426,18 @@ void forward_chunk(const Ctx& c, ForwardCursor& r, int64_t ch, int64_t c1, Bufs&
     r.zero = false;
     r.sigma = lazy ? sp : 1.f;
   }
-  swap_D();
+  r.swap_decay(b);
 }
 
 }  // namespace
 
 void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1, Bufs& b,
                            float* const* S, const bool* zero, bool keep_state, float* D) {
-  ForwardCursor cur[kMaxLockstep];
-  for (int i = 0; i < nu; ++i) {
-    cur[i].u = &units[i];
-    cur[i].dec.init(c, units[i]);
-    cur[i].S = S[i];
-    cur[i].zero = zero[i];
-    cur[i].D = nu > 1 ? D + i * kC * kC : nullptr;
-  }
-  for (int64_t ch = c0; ch < c1; ++ch)
-    for (int i = 0; i < nu; ++i) forward_chunk(c, cur[i], ch, c1, b, keep_state);
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, 0, nu, S, zero, D);
+  lockstep_chunks(cur, nu, c0, c1, false, [&](Cursor& r, int64_t ch) { forward_chunk(c, r, ch, c1, b, keep_state); });
   for (int i = 0; i < nu; ++i)
-    if (keep_state && cur[i].sigma != 1.f) scale_inplace(cur[i].S, c.ldk * c.ldv, cur[i].sigma);  // the true state
+    if (keep_state && cur[i].sigma != 1.f) scale_inplace(cur[i].X, c.ldk * c.ldv, cur[i].sigma);  // the true state
 }
 
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
@@ -483,169 +458,193 @@ void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs&
   *decay = prod;
 }
 
-void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
-                           bool zero, BwdWork& w) {
+namespace {
+
+// dH = eB dH + (Q diag(scale ed))^T dOa over nt tokens (a multiple of 32), from
+// the chunk's Q^T (b.QTv) and dOa by token pairs (b.Dv).
+void adjoint_update_bf16(const Ctx& c, int64_t nt, Bufs& b, float* dH, bool zero) {
   const Bf16Kernels& T = *c.K->bf16;
-  Decays dec;
-  dec.init(c, u);
-  float* dq = b.T1;  // [kC][ldk]
-  for (int64_t ch = c0; ch < c1; ++ch) {
-    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n);
-    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
-    dec.chunk(c, u, t, n, b, true);
-    int64_t ldq, ldk, ldv;
-    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
-    const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
-    c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
-    token_pairs(c, Kr, ldk, c.lk32, b.Kv);
-    const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
-    c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
-    pack_v_bf16(c, u, t, n, b);
-    if (!zero) transposed_vnni(c, S, b, b.XTv, c.hp ? b.XTvlo : nullptr);  // before S is scaled
-    bool scaled = false;
-    if (c.normalize) {
-      chunk_output_bf16(c, n, b, Qr, ldq, S, zero, 1.f, b.eB);
-      scaled = !zero;
-      pack_dout(c, u, t, n, b.dO);
-      normalize_dout(c, n, b);
-      std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
-      f32_rows_bf16(b.dO, c.ldv, n, c.dve, nullptr, 1.f, c.lv32, b.Db);
-    } else {
-      load_doa_bf16(c, u, t, n, b, w);
-    }
-    // Bm = scale D o (dOa V^T); dq = diag(scale ed) dOa S_in^T + Bm K
-    T.tile_gemm(rows, kC, c.lv32, b.Db, c.lv32, b.VTv, 2 * kC, b.Bm, kC, false);
-    for (int64_t i = 0; i < rows; ++i) decay_row(b.Bm + i * kC, b.D + i * kC, c.scale, b.Bmb + i * kC);
-    if (!zero) {  // dOa S^T, its rows then scaled by scale ed in fp32
-      T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTv, 2 * c.lk32, dq, c.ldk, false);
-      if (c.hp) T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTvlo, 2 * c.lk32, dq, c.ldk, true);
-      scale_rows(dq, n, c.ldk, b.ed, c.scale);
-    } else {
-      std::fill(dq, dq + rows * c.ldk, 0.f);
-    }
-    if (w.want_dg)  // q . dq, inter-chunk part
-      for (int64_t i = 0; i < n; ++i) w.rq.get()[w.idx(c, u, t + i)] = dot_bf16(Qr + i * ldq, dq + i * c.ldk, c.dk);
-    T.tile_gemm(rows, c.ldk, kC, b.Bmb, kC, b.Kv, 2 * c.lk32, dq, c.ldk, true);
-    store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
-    if (ch + 1 < u.chunks()) {
-      state_update_bf16(c, n, b, S, zero, scaled);
-      zero = false;
-    }
-  }
+  float* sed = b.f;  // scale * ed per token
+  for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
+  decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
+  if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
+  T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
+  if (c.hp) T.tile_gemm(c.ldk, c.ldv, nt, b.QdTlo, kC, b.Dv, 2 * c.ldv, dH, c.ldv, true);
 }
 
-void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* dH,
-                           bool zero, BwdWork& w, int64_t ui, float E) {
+// Chunk ch (< c1) of the forward sweep: dq (and q.dq, dOa), then the state update.
+void backward_forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, BwdWork& w) {
   const Bf16Kernels& T = *c.K->bf16;
-  Decays dec;
-  dec.init(c, u);
+  const Unit& u = *r.u;
+  const Decays& dec = r.dec;
+  float* const S = r.X;
+  bool& zero = r.zero;
+  float* dq = b.T1;  // [kC][ldk]
+  r.swap_decay(b);
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n);
+  if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+  dec.chunk(c, u, t, n, b, true);
+  int64_t ldq, ldk, ldv;
+  const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+  const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
+  c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
+  token_pairs(c, Kr, ldk, c.lk32, b.Kv);
+  const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
+  c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
+  pack_v_bf16(c, u, t, n, b);
+  if (!zero) transposed_vnni(c, S, b, b.XTv, c.hp ? b.XTvlo : nullptr);  // before S is scaled
+  bool scaled = false;
+  if (c.normalize) {
+    chunk_output_bf16(c, n, b, Qr, ldq, S, zero, 1.f, b.eB);
+    scaled = !zero;
+    pack_dout(c, u, t, n, b.dO);
+    normalize_dout(c, n, b);
+    std::memcpy(w.doa.get() + w.idx(c, u, t) * c.ldv, b.dO, sizeof(float) * n * c.ldv);
+    f32_rows_bf16(b.dO, c.ldv, n, c.dve, nullptr, 1.f, c.lv32, b.Db);
+  } else {
+    load_doa_bf16(c, u, t, n, b, w);
+  }
+  // Bm = scale D o (dOa V^T); dq = diag(scale ed) dOa S_in^T + Bm K
+  T.tile_gemm(rows, kC, c.lv32, b.Db, c.lv32, b.VTv, 2 * kC, b.Bm, kC, false);
+  for (int64_t i = 0; i < rows; ++i) decay_row(b.Bm + i * kC, b.D + i * kC, c.scale, b.Bmb + i * kC);
+  if (!zero) {  // dOa S^T, its rows then scaled by scale ed in fp32
+    T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTv, 2 * c.lk32, dq, c.ldk, false);
+    if (c.hp) T.tile_gemm(rows, c.ldk, c.lv32, b.Db, c.lv32, b.XTvlo, 2 * c.lk32, dq, c.ldk, true);
+    scale_rows(dq, n, c.ldk, b.ed, c.scale);
+  } else {
+    std::fill(dq, dq + rows * c.ldk, 0.f);
+  }
+  if (w.want_dg)  // q . dq, inter-chunk part
+    for (int64_t i = 0; i < n; ++i) w.rq.get()[w.idx(c, u, t + i)] = dot_bf16(Qr + i * ldq, dq + i * c.ldk, c.dk);
+  T.tile_gemm(rows, c.ldk, kC, b.Bmb, kC, b.Kv, 2 * c.lk32, dq, c.ldk, true);
+  store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
+  if (ch + 1 < u.chunks()) {
+    state_update_bf16(c, n, b, S, zero, scaled);
+    zero = false;
+  }
+  r.swap_decay(b);
+}
+
+// Chunk ch (>= c0) of the reverse sweep: dk, dv (and the dg terms), then dH.
+void backward_reverse_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c0, Bufs& b, BwdWork& w) {
+  const Bf16Kernels& T = *c.K->bf16;
+  const Unit& u = *r.u;
+  const Decays& dec = r.dec;
+  float* const dH = r.X;
+  bool& zero = r.zero;
+  float& E = r.E;
   const bool split = w.want_dg && c.dfin.data;
-  const float* F = split ? w.dfin_pad.get() + ui * c.ldk * c.ldv : nullptr;
+  const float* F = split ? w.dfin_pad.get() + r.ui * c.ldk * c.ldv : nullptr;
   float* dv = b.Vd;   // [kC][ldv]
   float* XF = b.O;    // [kC][ldv]
   float* dk = b.T1;   // [kC][ldk]
-  float* dHt = b.ST;  // [lk32][ldv]
-  float* sed = b.f;   // scale * ed per token
-  if (split) {
-    std::memcpy(dHt, F, sizeof(float) * c.ldk * c.ldv);
-    pad_state_rows(c, dHt);
-    rows_vnni(c, dHt, b.Fv);
+  float* dHt = b.ST;  // [lk32][ldv], rows past dk zero
+  r.swap_decay(b);
+  const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n), nt = r32(n);
+  if (ch > c0) prefetch_chunk(c, u, t - kC, kC);
+  dec.chunk(c, u, t, n, b, true);
+  int64_t ldq, ldk, ldv, ldo;
+  const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+  c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
+  token_pairs(c, Qr, ldq, c.lk32, b.Qv);
+  const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
+  c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
+  const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
+  c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
+  const uint16_t* Dr = b.Db;
+  ldo = c.lv32;
+  if (!c.normalize && c.has_dout)
+    Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
+  else
+    load_doa_bf16(c, u, t, n, b, w);
+  token_pairs(c, Dr, ldo, c.ldv, b.Dv);
+  // Bm = scale D o (dOa V^T), P = q.k raw (for dg), then scale D o P
+  T.tile_gemm(rows, kC, c.lv32, Dr, ldo, b.VTv, 2 * kC, b.Bm, kC, false);
+  decay_full(c, rows, b.D, b.Bm);
+  T.tile_gemm(rows, kC, c.lk32, Qr, ldq, b.KTv, 2 * kC, b.P, kC, false);
+  if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
+  decay_full(c, rows, b.D, b.P);
+  transpose_bf16(c, b.P, rows, b, b.PTb);
+  transpose_bf16(c, b.Bm, rows, b, b.BmTb);
+  // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
+  if (!zero) {
+    rows_vnni(c, dH, b.Xv, c.hp ? b.Xvlo : nullptr, b.S);
+    T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xv, 2 * c.ldv, dv, c.ldv, false);
+    if (c.hp) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xvlo, 2 * c.ldv, dv, c.ldv, true);
+  } else {
+    std::fill(dv, dv + rows * c.ldv, 0.f);
   }
-  for (int64_t ch = sg.c1 - 1; ch >= sg.c0; --ch) {
-    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n), nt = r32(n);
-    if (ch > sg.c0) prefetch_chunk(c, u, t - kC, kC);
-    dec.chunk(c, u, t, n, b, true);
-    int64_t ldq, ldk, ldv, ldo;
-    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
-    c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
-    token_pairs(c, Qr, ldq, c.lk32, b.Qv);
-    const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
-    c.K->transpose32(Kr, ldk / 2, kC, c.lk32 / 2, b.KTv, kC);
-    const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
-    c.K->transpose32(Vr, ldv / 2, kC, c.lv32 / 2, b.VTv, kC);
-    const uint16_t* Dr = b.Db;
-    ldo = c.lv32;
-    if (!c.normalize && c.has_dout)
-      Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
+  if (split) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, r.Fv, 2 * c.ldv, XF, c.ldv, false);
+  for (int64_t j = 0; j < n; ++j) {
+    float* x = dv + j * c.ldv;
+    const float a = b.ekB[j];
+    if (w.want_dg) {
+      w.rk.get()[w.idx(c, u, t + j)] = a * dot_bf16(Vr + j * ldv, x, c.dve);
+      if (split) w.rf.get()[w.idx(c, u, t + j)] = a * E * dot_bf16(Vr + j * ldv, XF + j * c.ldv, c.dv);
+    }
+    if (split)
+      for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
     else
-      load_doa_bf16(c, u, t, n, b, w);
-    token_pairs(c, Dr, ldo, c.ldv, b.Dv);
-    // Bm = scale D o (dOa V^T), P = q.k raw (for dg), then scale D o P
-    T.tile_gemm(rows, kC, c.lv32, Dr, ldo, b.VTv, 2 * kC, b.Bm, kC, false);
-    decay_full(c, rows, b.D, b.Bm);
-    T.tile_gemm(rows, kC, c.lk32, Qr, ldq, b.KTv, 2 * kC, b.P, kC, false);
-    if (w.want_dg) intra_dg(c, n, b, w.ri.get() + w.idx(c, u, t));
-    decay_full(c, rows, b.D, b.P);
-    transpose_bf16(c, b.P, rows, b, b.PTb);
-    transpose_bf16(c, b.Bm, rows, b, b.BmTb);
-    // dv_j = ekB_j k_j (dH + E dS_final) + sum_{i>=j} P_ij dOa_i
-    if (!zero) {
-      rows_vnni(c, dH, b.Xv, c.hp ? b.Xvlo : nullptr, b.S);
-      T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xv, 2 * c.ldv, dv, c.ldv, false);
-      if (c.hp) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xvlo, 2 * c.ldv, dv, c.ldv, true);
-    } else {
-      std::fill(dv, dv + rows * c.ldv, 0.f);
-    }
-    if (split) T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Fv, 2 * c.ldv, XF, c.ldv, false);
-    for (int64_t j = 0; j < n; ++j) {
-      float* x = dv + j * c.ldv;
-      const float a = b.ekB[j];
-      if (w.want_dg) {
-        w.rk.get()[w.idx(c, u, t + j)] = a * dot_bf16(Vr + j * ldv, x, c.dve);
-        if (split) w.rf.get()[w.idx(c, u, t + j)] = a * E * dot_bf16(Vr + j * ldv, XF + j * c.ldv, c.dv);
-      }
-      if (split)
-        for (int64_t e = 0; e < c.ldv; ++e) x[e] = a * (x[e] + E * XF[j * c.ldv + e]);
-      else
-        for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
-    }
-    T.tile_gemm(rows, c.ldv, kC, b.PTb, kC, b.Dv, 2 * c.ldv, dv, c.ldv, true);
-    store_rows_any(c, u, t, n, dv, c.ldv, c.dv, c.dv_, u.hkv, w.gqa ? w.pdv.get() : nullptr);
-    // dk_j = ekB_j (dH + E dS_final) v_j + sum_{i>=j} Bm_ij q_i
-    if (!zero || split) {
-      const float* H = dH;
-      if (split) {
-        for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : dH[i]) + E * F[i];
-        H = dHt;
-      }
-      transposed_vnni(c, H, b, b.XTv);
-      for (int64_t j = 0; j < n; ++j) bf16_scaled(Vr + j * ldv, b.ekB[j], c.dve, c.lv32, b.Vdb + j * c.lv32);
-      std::fill(b.Vdb + n * c.lv32, b.Vdb + kC * c.lv32, uint16_t(0));
-      T.tile_gemm(rows, c.ldk, c.lv32, b.Vdb, c.lv32, b.XTv, 2 * c.lk32, dk, c.ldk, false);
-    } else {
-      std::fill(dk, dk + rows * c.ldk, 0.f);
-    }
-    T.tile_gemm(rows, c.ldk, kC, b.BmTb, kC, b.Qv, 2 * c.lk32, dk, c.ldk, true);
-    store_rows_any(c, u, t, n, dk, c.ldk, c.dk, c.dk_, u.hkv, w.gqa ? w.pdk.get() : nullptr);
-    // dH = eB dH + (Q diag(scale ed))^T dOa
-    for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
-    decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
-    if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
-    T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
-    if (c.hp) T.tile_gemm(c.ldk, c.ldv, nt, b.QdTlo, kC, b.Dv, 2 * c.ldv, dH, c.ldv, true);
-    zero = false;
-    E *= b.eB;
+      for (int64_t e = 0; e < c.ldv; ++e) x[e] *= a;
   }
-  if (split && sg.s == 0) {
-    if (zero) std::fill(dH, dH + c.ldk * c.ldv, 0.f);
-    for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dH[i] += E * F[i];
-    if (c.init.data) {
-      const float* S0 = c.init.at(u.seq, u.hq);
-      double acc = 0;
-      for (int64_t d = 0; d < c.dk; ++d)
-        for (int64_t e = 0; e < c.dv; ++e)
-          acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
-      w.fin0[ui] = acc * E;
+  T.tile_gemm(rows, c.ldv, kC, b.PTb, kC, b.Dv, 2 * c.ldv, dv, c.ldv, true);
+  store_rows_any(c, u, t, n, dv, c.ldv, c.dv, c.dv_, u.hkv, w.gqa ? w.pdv.get() : nullptr);
+  // dk_j = ekB_j (dH + E dS_final) v_j + sum_{i>=j} Bm_ij q_i
+  if (!zero || split) {
+    const float* H = dH;
+    if (split) {
+      for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dHt[i] = (zero ? 0.f : dH[i]) + E * F[i];
+      H = dHt;
+    }
+    transposed_vnni(c, H, b, b.XTv);
+    for (int64_t j = 0; j < n; ++j) bf16_scaled(Vr + j * ldv, b.ekB[j], c.dve, c.lv32, b.Vdb + j * c.lv32);
+    std::fill(b.Vdb + n * c.lv32, b.Vdb + kC * c.lv32, uint16_t(0));
+    T.tile_gemm(rows, c.ldk, c.lv32, b.Vdb, c.lv32, b.XTv, 2 * c.lk32, dk, c.ldk, false);
+  } else {
+    std::fill(dk, dk + rows * c.ldk, 0.f);
+  }
+  T.tile_gemm(rows, c.ldk, kC, b.BmTb, kC, b.Qv, 2 * c.lk32, dk, c.ldk, true);
+  store_rows_any(c, u, t, n, dk, c.ldk, c.dk, c.dk_, u.hkv, w.gqa ? w.pdk.get() : nullptr);
+  adjoint_update_bf16(c, nt, b, dH, zero);
+  zero = false;
+  E *= b.eB;
+  r.swap_decay(b);
+}
+
+}  // namespace
+
+void bf16_backward_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1,
+                                    Bufs& b, float* const* S, const bool* zero, BwdWork& w, float* D) {
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, 0, nu, S, zero, D);
+  lockstep_chunks(cur, nu, c0, c1, false, [&](Cursor& r, int64_t ch) { backward_forward_chunk(c, r, ch, c1, b, w); });
+}
+
+void bf16_backward_reverse_lockstep(const Ctx& c, const Unit* units, int64_t ui0, int nu,
+                                    const Segment& sg, Bufs& b, float* const* dH, const bool* zero,
+                                    const float* E, BwdWork& w, float* D, uint16_t* Fv) {
+  const bool split = w.want_dg && c.dfin.data;
+  Cursor cur[kMaxLockstep];
+  start_cursors(c, cur, units, ui0, nu, dH, zero, D);
+  if (split) pad_state_rows(c, b.ST);  // dHt's rows past dk stay zero
+  for (int i = 0; i < nu; ++i) {
+    Cursor& r = cur[i];
+    r.E = E[i];
+    if (split) {  // dS_final in VNNI, from a padded copy
+      r.Fv = nu > 1 ? Fv + i * c.lk32 * c.ldv : b.Fv;
+      std::memcpy(b.ST, w.dfin_pad.get() + r.ui * c.ldk * c.ldv, sizeof(float) * c.ldk * c.ldv);
+      rows_vnni(c, b.ST, r.Fv);
     }
   }
+  lockstep_chunks(cur, nu, sg.c0, sg.c1, true, [&](Cursor& r, int64_t ch) { backward_reverse_chunk(c, r, ch, sg.c0, b, w); });
+  if (!(split && sg.s == 0)) return;
+  for (int i = 0; i < nu; ++i) finish_split_adjoint(c, units[i], cur[i].ui, cur[i].X, cur[i].zero, cur[i].E, w);
 }
 
 void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* dH,
                         const BwdWork& w) {
-  const Bf16Kernels& T = *c.K->bf16;
   Decays dec;
   dec.init(c, u);
-  float* sed = b.f;
   bool zero = true;
   for (int64_t ch = c1 - 1; ch >= c0; --ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t), nt = r32(n);
@@ -659,11 +658,7 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
     else
       load_doa_bf16(c, u, t, n, b, w);
     token_pairs(c, Dr, ldo, c.ldv, b.Dv);
-    for (int64_t i = 0; i < kC; ++i) sed[i] = c.scale * b.ed[i];
-    decayed_kt(b.QTv, c.ldk / 2, sed, nt, b.QdT, c.hp ? b.QdTlo : nullptr);
-    if (!zero) scale_inplace(dH, c.ldk * c.ldv, b.eB);
-    T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
-    if (c.hp) T.tile_gemm(c.ldk, c.ldv, nt, b.QdTlo, kC, b.Dv, 2 * c.ldv, dH, c.ldv, true);
+    adjoint_update_bf16(c, nt, b, dH, zero);
     zero = false;
   }
 }
@@ -673,9 +668,10 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
 void bf16_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*, const bool*,
                            bool, float*) {}
 void bf16_local_state(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, float*) {}
-void bf16_backward_forward(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, bool, BwdWork&) {}
-void bf16_backward_reverse(const Ctx&, const Unit&, const Segment&, Bufs&, float*, bool, BwdWork&,
-                           int64_t, float) {}
+void bf16_backward_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*,
+                                    const bool*, BwdWork&, float*) {}
+void bf16_backward_reverse_lockstep(const Ctx&, const Unit*, int64_t, int, const Segment&, Bufs&,
+                                    float* const*, const bool*, const float*, BwdWork&, float*, uint16_t*) {}
 void bf16_reverse_local(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, const BwdWork&) {}
 
 #endif

@@ -600,6 +600,24 @@ struct BwdWork {
   int64_t idx(const Ctx& c, const Unit& u, int64_t t) const { return u.hq * c.total + u.off + t; }
 };
 
+// End of the reverse sweep over a unit's first segment on the split dS_final path
+// (see backward_reverse_chunk in linear.cpp): d S_0 = dH + decay(0 -> T) dS_final (E), and
+// <dS_final, decay(0 -> T) S_0> for dg.
+inline void finish_split_adjoint(const Ctx& c, const Unit& u, int64_t ui, float* dH, bool zero, float E,
+                                 BwdWork& w) {
+  const float* F = w.dfin_pad.get() + ui * c.ldk * c.ldv;
+  if (zero) std::fill(dH, dH + c.ldk * c.ldv, 0.f);
+  for (int64_t i = 0; i < c.ldk * c.ldv; ++i) dH[i] += E * F[i];
+  if (c.init.data) {
+    const float* S0 = c.init.at(u.seq, u.hq);
+    double acc = 0;
+    for (int64_t d = 0; d < c.dk; ++d)
+      for (int64_t e = 0; e < c.dv; ++e)
+        acc += static_cast<double>(F[d * c.ldv + e]) * S0[d * c.init.row_stride + e];
+    w.fin0[ui] = acc * E;
+  }
+}
+
 // Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
 // into dst, or into the GQA partial buffer.
 inline void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
@@ -700,6 +718,53 @@ inline void pad_state_rows(const Ctx& c, float* S) {
   std::fill(S + c.ldk * c.ldv, S + c.lk32 * c.ldv, 0.f);
 }
 
+// One unit's walk over its chunks inside a lockstep group (the forward and both
+// backward sweeps, fp32 and bf16): its decays, the state it carries and, in a
+// group, its own decay matrix and key, swapped into the thread's Bufs for its
+// chunks (a lone unit uses the thread's: D null).
+struct Cursor {
+  const Unit* u = nullptr;
+  int64_t ui = 0;        // its index in the units (read by the reverse sweep only)
+  Decays dec;
+  float* X = nullptr;    // the carried state: S (forward sweeps) or the adjoint dH (reverse)
+  float* XT = nullptr;   // fp32 backward forward sweep: S^T
+  bool zero = true;      // X is 0
+  float sigma = 1.f;     // bf16 forward: the true state is sigma * X
+  float E = 1.f;         // reverse: decay from the current chunk's end to the unit's end
+  float* D = nullptr;
+  Bufs::DecayKey D_key;
+  uint16_t* Fv = nullptr;  // bf16 reverse, split: dS_final in VNNI by pairs of rows
+
+  void start(const Ctx& c, const Unit* unit, int64_t index, float* state, bool is_zero, float* own_D) {
+    u = unit;
+    ui = index;
+    dec.init(c, *unit);
+    X = state;
+    zero = is_zero;
+    D = own_D;
+  }
+  void swap_decay(Bufs& b) {
+    if (!D) return;
+    std::swap(b.D, D);
+    std::swap(b.D_key, D_key);
+  }
+};
+
+// Cursors for units[0..nu) (ids ui0 + i) from states X[i] (zero[i]: 0), each with
+// its own decay matrix in D (nu * kC * kC floats) when there are several.
+inline void start_cursors(const Ctx& c, Cursor* cur, const Unit* units, int64_t ui0, int nu,
+                          float* const* X, const bool* zero, float* D) {
+  for (int i = 0; i < nu; ++i) cur[i].start(c, &units[i], ui0 + i, X[i], zero[i], nu > 1 ? D + i * kC * kC : nullptr);
+}
+
+// step(cursor, ch) for chunks [c0, c1) -- ascending, or descending for a reverse
+// sweep -- and within each chunk for every cursor in turn.
+template <class Step>
+void lockstep_chunks(Cursor* cur, int nu, int64_t c0, int64_t c1, bool reverse, Step&& step) {
+  for (int64_t k = 0; k < c1 - c0; ++k)
+    for (int i = 0; i < nu; ++i) step(cur[i], reverse ? c1 - 1 - k : c0 + k);
+}
+
 // ---- AMX-bf16 chunk math (linear_bf16.cpp); tiles configured by the caller.
 // Runs chunks [c0, c1) of nu <= kMaxLockstep units (heads of one sequence, the
 // same chunks) chunk by chunk in lockstep, each from its state S[i] ([lk32][ldv],
@@ -716,12 +781,17 @@ void bf16_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, 
 // S = the state after chunks [c0, c1) from 0 (no outputs); *decay = their total decay.
 void bf16_local_state(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
                       float* decay);
-// Backward, as backward_forward_segment / backward_reverse_segment / reverse_local
-// in linear.cpp (same arguments; S, dH [lk32][ldv] with zero rows past dk).
-void bf16_backward_forward(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* S,
-                           bool zero, BwdWork& w);
-void bf16_backward_reverse(const Ctx& c, const Unit& u, const Segment& sg, Bufs& b, float* dH,
-                           bool zero, BwdWork& w, int64_t ui, float E);
+// Backward sweeps, as fp32_backward_forward_lockstep / fp32_backward_reverse_lockstep in
+// linear.cpp, for nu <= kMaxLockstep units units[0..nu) (ids ui0.., heads of one
+// sequence with the same chunks) in lockstep like the forward: each from its
+// state S[i] / adjoint dH[i] ([lk32][ldv], rows past dk zero; zero[i]: it is 0)
+// and, in the reverse sweep, E[i] (decay from the segment's end to the unit's
+// end). D: nu * kC * kC floats, Fv: nu * lk32 * ldv bf16 of scratch.
+void bf16_backward_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, int64_t c1,
+                                    Bufs& b, float* const* S, const bool* zero, BwdWork& w, float* D);
+void bf16_backward_reverse_lockstep(const Ctx& c, const Unit* units, int64_t ui0, int nu,
+                                    const Segment& sg, Bufs& b, float* const* dH, const bool* zero,
+                                    const float* E, BwdWork& w, float* D, uint16_t* Fv);
 void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* dH,
                         const BwdWork& w);
 
