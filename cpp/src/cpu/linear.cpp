@@ -329,13 +329,9 @@ void fp32_forward_lockstep(const Ctx& c, const Unit* units, int nu, int64_t c0, 
 
 }  // namespace
 
-// The causal forward: segments of the heads of one sequence that cover the same
-// chunks run in lockstep groups (bf16_forward_lockstep on AMX, else
-// fp32_forward_lockstep), as large as still gives every thread a group; a group
-// never mixes sequences. States enter from the segment scan (segmented units) or
-// the initial state.
 // Lockstep groups (segment ids): segment s of consecutive units (heads) with the
-// same sequence and chunks, as many as still gives every thread a group.
+// same sequence and chunks, as many as still gives every thread a group; a group
+// never mixes sequences.
 std::vector<std::vector<int64_t>> lockstep_groups(const std::vector<Unit>& units, const Plan& pl,
                                                   int threads) {
   const int64_t N = static_cast<int64_t>(pl.segs.size());
@@ -356,6 +352,9 @@ std::vector<std::vector<int64_t>> lockstep_groups(const std::vector<Unit>& units
   return groups;
 }
 
+// The causal forward: the groups run in lockstep (bf16_forward_lockstep on AMX,
+// else fp32_forward_lockstep), their states entering from the segment scan
+// (segmented units) or the initial state.
 void lockstep_forward(const Ctx& c, const std::vector<Unit>& units, const Plan& pl, SegStates& ss,
                       Scratch& scratch, int threads) {
   const auto groups = lockstep_groups(units, pl, threads);
@@ -422,7 +421,8 @@ using namespace lin;
 // The backward sweeps run the heads of a sequence in lockstep groups, as the
 // forward (lockstep_groups), one Cursor per unit.
 
-// Forward sweep, chunk ch (< c1): dq (and q.dq), dOa (normalize); ST / S carry the state.
+// Forward sweep, chunk ch (< c1): dq (and q.dq), dOa (normalize); the cursor's S^T
+// (and S with normalize) carry the state.
 void backward_forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, BwdWork& w) {
   const Unit& u = *r.u;
   const Decays& dec = r.dec;
@@ -453,9 +453,9 @@ void backward_forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Buf
   if (w.want_dg)  // q . dq, inter-chunk part (the intra part of dg comes from the reverse sweep)
     for (int64_t i = 0; i < n; ++i) {
       const float* qi = b.Q + i * c.ldk;
-      const float* r = dq + i * c.ldk;
+      const float* dqi = dq + i * c.ldk;
       float s = 0.f;
-      for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * r[d];
+      for (int64_t d = 0; d < c.dk; ++d) s += qi[d] * dqi[d];
       w.rq.get()[w.idx(c, u, t + i)] = s;
     }
   for (int64_t r0 = 0; r0 < n; r0 += kBlk) {
