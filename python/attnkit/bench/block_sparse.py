@@ -15,7 +15,7 @@ the diagonal, ``is_causal=True``).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -96,6 +96,27 @@ def _flex_compiled():
 
 
 _FLEX = None
+_FLEX_CPU_BACKWARD: Optional[str] = None  # why FlexAttention cannot run a CPU backward ("" = it can)
+
+
+def _flex_cpu_backward_error() -> str:
+    """Why FlexAttention has no CPU backward here ("" if it has one), asked once of the
+    eager function on tiny inputs. The compiled function must never be the one that
+    raises: after a compiled call fails, dynamo runs every later flex call eagerly
+    (~200x slower), which made the bfloat16 forward peer of a default `attnkit bench`
+    take 9 s instead of 55 ms."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _FLEX_CPU_BACKWARD
+    if _FLEX_CPU_BACKWARD is None:
+        x = torch.zeros(1, 1, 16, 16, requires_grad=True)
+        try:
+            flex_attention(x, x, x)
+            _FLEX_CPU_BACKWARD = ""
+        except NotImplementedError as e:
+            _FLEX_CPU_BACKWARD = str(e) or "FlexAttention has no CPU backward"
+    return _FLEX_CPU_BACKWARD
 
 
 def cases(opts: Options) -> Iterable[Case]:
@@ -220,6 +241,9 @@ def _case(torch, attnkit, q, k, v, do, bm, B, S, H, D, blk, dens, causal, dtype,
                 fa = _flex_compiled()
 
                 def flex_bwd():
+                    why = _flex_cpu_backward_error()
+                    if why:
+                        raise NotImplementedError(why)
                     ins = [x.detach().requires_grad_() for x in (qt, kt, vt)]
                     ot = fa(*ins, block_mask=_CaseState.get(key, "flex_mask", flex_mask))
                     return torch.autograd.grad(ot, ins, dot)
