@@ -46,6 +46,8 @@ def test_bench_smoke(tmp_path):
         assert x["fraction_of_bound"] == pytest.approx(x["speedup_vs_dense"] / x["bound"])
 
 
+# torch.compile's own internals warn that torch.jit.script_method is deprecated.
+@pytest.mark.filterwarnings("ignore:.*script_method.*:DeprecationWarning")
 def test_flex_peer_never_fails_inside_the_compiled_function(monkeypatch):
     """FlexAttention has no CPU backward in the torch versions we know; if the compiled
     function is the one that raises, dynamo runs every later flex call eagerly (~200x
