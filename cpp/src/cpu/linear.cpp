@@ -816,19 +816,20 @@ void linear_backward(const LinearBackwardProblem& bp, int threads_req) {
     const std::vector<int64_t>& grp = groups[gi];
     const int nu = static_cast<int>(grp.size());
     const Segment& s0 = pl.segs[grp[0]];
-    FloatBuffer buf(nu * (2 * state + kC * kC));
+    const int64_t st = c.amx ? 0 : state;  // the fp32 sweep also carries S^T
+    FloatBuffer buf(nu * (state + st + kC * kC));
     float *S[kMaxLockstep], *ST[kMaxLockstep];
     bool zero[kMaxLockstep];
     for (int i = 0; i < nu; ++i) {
       S[i] = buf.get() + i * state;
-      ST[i] = buf.get() + (nu + i) * state;
+      ST[i] = buf.get() + nu * state + i * st;
       zero[i] = load_entering_state(c, pl, ss, grp[i], units[pl.segs[grp[i]].u], c.init, S[i]);
       if (c.amx)
         pad_state_rows(c, S[i]);
       else if (!zero[i])
         transpose(S[i], c.dk, c.dve, c.ldv, ST[i], c.ldk, c.ldv);
     }
-    float* D = buf.get() + 2 * nu * state;
+    float* D = buf.get() + nu * (state + st);
     if (c.amx) {
       c.K->bf16->begin();
       bf16_backward_forward_lockstep(c, &units[s0.u], nu, s0.c0, s0.c1, scratch.mine(), S, zero, w, D);

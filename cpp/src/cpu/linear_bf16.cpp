@@ -385,10 +385,6 @@ void chunk_output_bf16(const Ctx& c, int64_t n, Bufs& b, const uint16_t* Qa, int
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Chunk ch (< c1) of cursor r: output rows, then the state update.
 void forward_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c1, Bufs& b, bool keep_state) {
   const Unit& u = *r.u;

@@ -290,13 +290,8 @@ class AmxMath {
     // a problem's first row), so that the shifted blocks (rows [G - 16, G + 16)
     // for G a multiple of 32) are whole 16-pair transposes as well.
     constexpr int64_t kBlock = 128, kLead = 16;
-    std::vector<std::pair<int64_t, int64_t>> items;
-    // Row blocks outermost, as in for_each_kv_block (math_fma.hpp).
-    int64_t most = 0;
-    for (int64_t kp = 0; kp < rows.count(); ++kp) most = std::max(most, rows.base[kp + 1] - rows.base[kp]);
-    for (int64_t r = 0; r < most; r += kBlock)
-      for (int64_t kp = 0; kp < rows.count(); ++kp)
-        if (r < rows.base[kp + 1] - rows.base[kp]) items.push_back({kp, r});
+    const auto items = row_block_items(rows.count(), kBlock,
+                                       [&](int64_t kp) { return rows.base[kp + 1] - rows.base[kp]; });
     const int64_t per = (kBlock + kLead) * dims + kLanes;  // rows, then pairs (halves: 2x)
     FloatBuffer tmp(threads * per);
     parallel_for(static_cast<int64_t>(items.size()), threads, [&](int64_t it) {
