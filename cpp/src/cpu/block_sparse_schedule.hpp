@@ -198,6 +198,7 @@ class BlockSparseSchedule {
       }
     }
     std::sort(touched.begin(), touched.end());
+    T.ranges.reserve(touched.size() * (a.is_causal ? 2 : 1));
     // Causal (bottom-right): keys below all_hi are seen by every row of the tile,
     // keys at or above any_hi by none.
     const int64_t all_hi = r0 + offset_ + 1, any_hi = r1 + offset_;

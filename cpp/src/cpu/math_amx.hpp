@@ -52,19 +52,11 @@ class AmxMath {
     // Every packed element is written exactly once (rows, their zero tails and
     // the zero padding rows), so no buffer is cleared first. The AMX policy runs
     // only for bf16 inputs: rows are copied as they are.
-    for_each_kv_block(s, threads, [&](int64_t kp, const KvProblemRef& kv, int64_t r0, int64_t n,
-                                      const int64_t* tok) {
-      const int64_t g = rows.base[kp] + r0;
-      gather_key_rows(a.k, kv, tok, n, a.dqk, ldk32_, detail::u16(kb_) + g * ldk32_);
-      if (backward) gather_key_rows(a.v, kv, tok, n, a.dv, ldv32_, detail::u16(vb_) + g * ldv32_);
-    });
-    for (int64_t kp = 0; kp < rows.count(); ++kp)
-      for (int64_t g = rows.base[kp] + s.kv_problem(kp).nk; g < rows.base[kp + 1]; ++g) {
-        std::fill(detail::u16(kb_) + g * ldk32_, detail::u16(kb_) + (g + 1) * ldk32_, uint16_t(0));
-        if (backward) std::fill(detail::u16(vb_) + g * ldv32_, detail::u16(vb_) + (g + 1) * ldv32_, uint16_t(0));
-      }
     // The forward reads V^T, the backward K^T (k-blocked, see transpose_keys), and
-    // with 16-aligned chunks also a copy shifted by 16 keys.
+    // with 16-aligned chunks also a copy shifted by 16 keys. The row copies (K; and
+    // V in the backward) run in the same work items: one parallel region less, and
+    // on a shared machine each region's barrier can cost a preempted thread's
+    // time slice.
     FloatBuffer& t = backward ? kt_ : vt_;
     FloatBuffer& ts = backward ? kts_ : vts_;
     const TokenLayout& L = backward ? a.k : a.v;
@@ -72,7 +64,19 @@ class AmxMath {
     zero_row_.assign(dims, 0);
     alloc(t, R * dims);
     if (start16_) alloc(ts, R * dims);
-    transpose_keys(s, L, dim, dims, detail::u16(t), start16_ ? detail::u16(ts) : nullptr, threads);
+    const auto copy_rows = [&](int64_t kp, const KvProblemRef& kv, int64_t r0, int64_t n, const int64_t* tok,
+                               int64_t nc) {
+      const int64_t g = rows.base[kp] + r0;
+      uint16_t* kd = detail::u16(kb_) + g * ldk32_;
+      gather_key_rows(a.k, kv, tok, n, a.dqk, ldk32_, kd);
+      std::fill(kd + n * ldk32_, kd + nc * ldk32_, uint16_t(0));  // padding rows
+      if (backward) {
+        uint16_t* vd = detail::u16(vb_) + g * ldv32_;
+        gather_key_rows(a.v, kv, tok, n, a.dv, ldv32_, vd);
+        std::fill(vd + n * ldv32_, vd + nc * ldv32_, uint16_t(0));
+      }
+    };
+    transpose_keys(s, L, dim, dims, detail::u16(t), start16_ ? detail::u16(ts) : nullptr, threads, copy_rows);
     prescale_ = a.softcap > 0 || !(a.scale > 0);
     c_ = a.softcap > 0 ? 1.f : prescale_ ? kLog2e : a.scale * kLog2e;
     std::fill(scale_lanes_, scale_lanes_ + kQ, a.scale);
@@ -283,9 +287,11 @@ class AmxMath {
   // is the next problem's first, never read for this one). Key pairs are
   // interleaved into 32-bit units, which are then transposed; padding keys and
   // dims are zero.
-  template <class Sched>
+  // Each item first calls copy_rows(kp, kv, r0, n, tok, nc): rows [r0, r0 + nc)
+  // of the packed rows, n of them keys with the token ids tok, the rest padding.
+  template <class Sched, class CopyRows>
   void transpose_keys(const Sched& s, const TokenLayout& L, int64_t dim, int64_t dims, uint16_t* out,
-                      uint16_t* shifted, int threads) const {
+                      uint16_t* shifted, int threads, CopyRows&& copy_rows) const {
     // Items of kBlock rows; each gathers 16 rows before its first too (zero before
     // a problem's first row), so that the shifted blocks (rows [G - 16, G + 16)
     // for G a multiple of 32) are whole 16-pair transposes as well.
@@ -304,6 +310,8 @@ class AmxMath {
       const int64_t g0 = std::max<int64_t>(r0 - kLead, 0), g1 = std::min(kv.nk, r0 + nc);
       int64_t tok[kBlock + kLead];
       for (int64_t g = g0; g < g1; ++g) tok[g - g0] = s.kv_token(kv, g);
+      const int64_t own = r0 - g0;  // tok[own + i] is packed row r0 + i
+      copy_rows(kp, kv, r0, std::max<int64_t>(0, g1 - r0), static_cast<const int64_t*>(tok + own), nc);
       const int64_t i0 = g0 - (r0 - kLead), i1 = std::max(i0, g1 - (r0 - kLead));
       if (dim == dims) {
         // Pairs straight from the input rows (no padding dims to clear); missing and
