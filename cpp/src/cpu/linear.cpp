@@ -239,7 +239,6 @@ class TokenSum {
 
 void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& pl,
                      Scratch& scratch, int threads, FloatBuffer& states) {
-  (void)scratch;
   const int64_t sz = c.ldk * c.ldv;
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
   TokenSum acc(c, threads);
@@ -248,6 +247,13 @@ void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& p
     const Unit& u = units[sg.u];
     float* L = parts.get() + si * sz;
     std::fill(L, L + sz, 0.f);
+    if (c.amx) {  // the token sum on AMX tiles: bf16 K^T and V, fp32 sums
+      float decay;
+      c.K->bf16->begin();
+      bf16_local_state(c, u, sg.c0, sg.c1, scratch.mine(), L, &decay);
+      c.K->bf16->end();
+      return;
+    }
     const int64_t t0 = sg.c0 * kC, t1 = std::min(u.T, sg.c1 * kC);
     int64_t m = 0;
     for (int64_t t = t0; t < t1; ++t) {
@@ -285,6 +291,12 @@ void noncausal_forward(const Ctx& c, const std::vector<Unit>& units, const Plan&
     const Unit& u = units[sg.u];
     Bufs& b = scratch.mine();
     const float* S = states.get() + sg.u * sz;
+    if (c.amx) {
+      c.K->bf16->begin();
+      bf16_noncausal_output(c, u, sg.c0, sg.c1, b, S);
+      c.K->bf16->end();
+      return;
+    }
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
       pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);

@@ -659,6 +659,24 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
   }
 }
 
+void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S) {
+  // S ([ldk][ldv] fp32) once per segment as the VNNI B operand, rows padded to lk32.
+  std::copy(S, S + c.ldk * c.ldv, b.S);
+  pad_state_rows(c, b.S);
+  rows_vnni(c, b.S, b.SVv);
+  const Bf16Kernels& T = *c.K->bf16;
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+    const int64_t rows = r16(n);
+    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+    int64_t ldq = 0;  // q rows in place when they need no padding, else a zero-padded copy
+    const uint16_t* Qa = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+    T.tile_gemm(rows, c.ldv, c.lk32, Qa, ldq, b.SVv, 2 * c.ldv, b.O, c.ldv, false);
+    scale_inplace(b.O, n * c.ldv, c.scale);
+    store_out_bf16(c, u, t, n, b.O, b.row);
+  }
+}
+
 #else  // no x86 AMX build: never called (Ctx::amx is false without a bf16 kernel table)
 
 void bf16_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*, const bool*,
@@ -669,6 +687,7 @@ void bf16_backward_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64
 void bf16_backward_reverse_lockstep(const Ctx&, const Unit*, int64_t, int, const Segment&, Bufs&,
                                     float* const*, const bool*, const float*, BwdWork&, float*, uint16_t*) {}
 void bf16_reverse_local(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, const BwdWork&) {}
+void bf16_noncausal_output(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*) {}
 
 #endif
 

@@ -794,5 +794,8 @@ void bf16_backward_reverse_lockstep(const Ctx& c, const Unit* units, int64_t ui0
                                     const float* E, BwdWork& w, float* D, uint16_t* Fv);
 void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, float* dH,
                         const BwdWork& w);
+// Non-causal outputs o = scale q S for chunks [c0, c1) of unit u from its whole
+// state S ([ldk][ldv] fp32; b.S and b.SVv are overwritten).
+void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S);
 
 }  // namespace attnkit::cpu::lin
