@@ -696,6 +696,8 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     transpose(states.get() + ui * sz, c.dk, c.dve, c.ldv, statesT.get() + ui * sz, c.ldk, c.ldv);
   });
   // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
+  // (bf16 without normalize: on AMX tiles, bf16 operands and fp32 sums).
+  const bool amx = c.amx && !c.normalize;
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
   TokenSum acc(c, threads);
   for_segments(pl, threads, false, [&](int64_t si) {
@@ -706,6 +708,12 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     const float* ST = statesT.get() + sg.u * sz;
     float* L = parts.get() + si * sz;
     std::fill(L, L + sz, 0.f);
+    if (amx) {
+      c.K->bf16->begin();
+      bf16_noncausal_dq(c, u, sg.c0, sg.c1, b, S, L, w);
+      c.K->bf16->end();
+      return;
+    }
     std::fill(b.ed, b.ed + kC, 1.f);
     b.eB = 1.f;
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
@@ -750,6 +758,12 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     const Unit& u = units[sg.u];
     Bufs& b = scratch.mine();
     const float* X = dS.get() + sg.u * sz;
+    if (amx) {
+      c.K->bf16->begin();
+      bf16_noncausal_dkdv(c, u, sg.c0, sg.c1, b, X, w);
+      c.K->bf16->end();
+      return;
+    }
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
       pack_k(c, u, t, n, b, false, true);

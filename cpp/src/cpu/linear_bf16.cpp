@@ -677,6 +677,62 @@ void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
   }
 }
 
+// Non-causal backward without normalize, pass 1 over chunks [c0, c1) of unit u:
+// dq = scale dO S^T per chunk, and dH = sum scale q^T dO over the chunks (from 0).
+void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S,
+                       float* dH, BwdWork& w) {
+  const Bf16Kernels& T = *c.K->bf16;
+  std::copy(S, S + c.ldk * c.ldv, b.S);
+  pad_state_rows(c, b.S);
+  transposed_vnni(c, b.S, b, b.XTv);
+  Decays dec;
+  dec.init(c, u);
+  float* dq = b.T1;  // [kC][ldk]
+  bool zero = true;
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n), nt = r32(n);
+    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+    dec.chunk(c, u, t, n, b, false);
+    int64_t ldq, ldo = c.lv32;
+    const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
+    const uint16_t* Dr = b.Db;
+    if (c.has_dout)
+      Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
+    else
+      load_doa_bf16(c, u, t, n, b, w);
+    T.tile_gemm(rows, c.ldk, c.lv32, Dr, ldo, b.XTv, 2 * c.lk32, dq, c.ldk, false);
+    scale_inplace(dq, n * c.ldk, c.scale);
+    store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
+    c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
+    token_pairs(c, Dr, ldo, c.ldv, b.Dv);
+    adjoint_update_bf16(c, nt, b, dH, zero);
+    zero = false;
+  }
+}
+
+// Pass 2 (after the dS sums): dv = K dS and dk = V dS^T per chunk.
+void bf16_noncausal_dkdv(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* dS,
+                         BwdWork& w) {
+  const Bf16Kernels& T = *c.K->bf16;
+  std::copy(dS, dS + c.ldk * c.ldv, b.S);
+  pad_state_rows(c, b.S);
+  rows_vnni(c, b.S, b.Xv);
+  transposed_vnni(c, b.S, b, b.XTv);
+  float* dv = b.Vd;  // [kC][ldv]
+  float* dk = b.T1;  // [kC][ldk]
+  for (int64_t ch = c0; ch < c1; ++ch) {
+    const int64_t t = ch * kC, n = std::min(kC, u.T - t), rows = r16(n);
+    if (ch + 1 < c1) prefetch_chunk(c, u, t + kC, std::min(kC, u.T - t - kC));
+    int64_t ldk, ldv;
+    const uint16_t* Kr = chunk_rows(c.k, u, u.hkv, t, n, c.dk, c.lk32, b.Kb, &ldk);
+    const uint16_t* Vr = v_rows(c, u, t, n, b, &ldv);
+    T.tile_gemm(rows, c.ldv, c.lk32, Kr, ldk, b.Xv, 2 * c.ldv, dv, c.ldv, false);
+    store_rows_any(c, u, t, n, dv, c.ldv, c.dv, c.dv_, u.hkv, w.gqa ? w.pdv.get() : nullptr);
+    T.tile_gemm(rows, c.ldk, c.lv32, Vr, ldv, b.XTv, 2 * c.lk32, dk, c.ldk, false);
+    store_rows_any(c, u, t, n, dk, c.ldk, c.dk, c.dk_, u.hkv, w.gqa ? w.pdk.get() : nullptr);
+  }
+}
+
 #else  // no x86 AMX build: never called (Ctx::amx is false without a bf16 kernel table)
 
 void bf16_forward_lockstep(const Ctx&, const Unit*, int, int64_t, int64_t, Bufs&, float* const*, const bool*,
@@ -688,6 +744,8 @@ void bf16_backward_reverse_lockstep(const Ctx&, const Unit*, int64_t, int, const
                                     float* const*, const bool*, const float*, BwdWork&, float*, uint16_t*) {}
 void bf16_reverse_local(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, const BwdWork&) {}
 void bf16_noncausal_output(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*) {}
+void bf16_noncausal_dq(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*, float*, BwdWork&) {}
+void bf16_noncausal_dkdv(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*, BwdWork&) {}
 
 #endif
 
