@@ -164,6 +164,19 @@ def test_noncausal_backward_shapes(rng, dtype, shape, dout):
     _check_backward(rng, shape, dtype, None, states=True, causal=False, dout=dout)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noncausal_initial_state_gradient_keeps_fp32_accuracy(rng, dtype):
+    """d(initial_state) = scale sum q^T dO + dfinal: products of the (rounded) inputs
+    summed in fp32, so ~1e-6 in every dtype; the scale (1/sqrt(40) is not a power of
+    two) must not be rounded into a bf16 operand (that gave ~2e-3)."""
+    q, k, v, _, s0 = make(rng, (1, 300, 3, 1, 40, 72), dtype, state=True)
+    do = randn(rng, (*q.shape[:-1], v.shape[-1]), dtype)
+    dfin = randn(rng, (1, 3, 40, 72), "float32")
+    got = attnkit.linear_attention_backward(do, q, k, v, initial_state=s0, dfinal_state=dfin, is_causal=False)
+    want = ref.linear_attention_grad(do, q, k, v, initial_state=s0, dfinal_state=dfin, is_causal=False)
+    assert grad_err(got[4], want[4]) < 1e-4
+
+
 def test_backward_only_final_state_gradient(rng):
     """dout absent (None): the gradient comes from the final state alone."""
     _check_backward(rng, (2, 100, 2, 2, 16, 24), "float32", "token", states=True, dout=False)

@@ -703,11 +703,16 @@ void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs
     T.tile_gemm(rows, c.ldk, c.lv32, Dr, ldo, b.XTv, 2 * c.lk32, dq, c.ldk, false);
     scale_inplace(dq, n * c.ldk, c.scale);
     store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
+    // dH += Q^T dO (ed: 1 for the chunk's tokens, 0 past them); the scale is
+    // applied once in fp32 below, not folded into the bf16 Q^T (which would round
+    // q * scale: d(initial_state) lost 3 decimal digits for scales not a power of 2).
     c.K->transpose32(Qr, ldq / 2, kC, c.lk32 / 2, b.QTv, kC);
     token_pairs(c, Dr, ldo, c.ldv, b.Dv);
-    adjoint_update_bf16(c, nt, b, dH, zero);
+    decayed_kt(b.QTv, c.ldk / 2, b.ed, nt, b.QdT, nullptr);
+    T.tile_gemm(c.ldk, c.ldv, nt, b.QdT, kC, b.Dv, 2 * c.ldv, dH, c.ldv, !zero);
     zero = false;
   }
+  scale_inplace(dH, c.ldk * c.ldv, c.scale);
 }
 
 // Pass 2 (after the dS sums): dv = K dS and dk = V dS^T per chunk.
