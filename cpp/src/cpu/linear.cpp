@@ -696,8 +696,8 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     transpose(states.get() + ui * sz, c.dk, c.dve, c.ldv, statesT.get() + ui * sz, c.ldk, c.ldv);
   });
   // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
-  // (bf16 without normalize: on AMX tiles, bf16 operands and fp32 sums).
-  const bool amx = c.amx && !c.normalize;
+  // (bf16: on AMX tiles, bf16 operands and fp32 sums).
+  const bool amx = c.amx;
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
   TokenSum acc(c, threads);
   for_segments(pl, threads, false, [&](int64_t si) {
@@ -710,7 +710,7 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     std::fill(L, L + sz, 0.f);
     if (amx) {
       c.K->bf16->begin();
-      bf16_noncausal_dq(c, u, sg.c0, sg.c1, b, S, L, w);
+      bf16_noncausal_dq(c, u, sg.c0, sg.c1, b, S, ST, L, w);
       c.K->bf16->end();
       return;
     }

@@ -677,14 +677,18 @@ void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
   }
 }
 
-// Non-causal backward without normalize, pass 1 over chunks [c0, c1) of unit u:
-// dq = scale dO S^T per chunk, and dH = sum scale q^T dO over the chunks (from 0).
+// Non-causal backward, pass 1 over chunks [c0, c1) of unit u: dq = scale dOa S^T
+// per chunk, and dH = sum scale q^T dOa over the chunks (from 0). dOa is dO, or
+// with normalize the gradient of the raw output (from o = scale q S, fp32).
 void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S,
-                       float* dH, BwdWork& w) {
+                       const float* ST, float* dH, BwdWork& w) {
   const Bf16Kernels& T = *c.K->bf16;
   std::copy(S, S + c.ldk * c.ldv, b.S);
   pad_state_rows(c, b.S);
-  transposed_vnni(c, b.S, b, b.XTv);
+  if (c.normalize)
+    rows_vnni(c, b.S, b.SVv);  // for the raw output q S
+  else
+    transposed_vnni(c, b.S, b, b.XTv);
   Decays dec;
   dec.init(c, u);
   float* dq = b.T1;  // [kC][ldk]
@@ -696,11 +700,22 @@ void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs
     int64_t ldq, ldo = c.lv32;
     const uint16_t* Qr = chunk_rows(c.q, u, u.hq, t, n, c.dk, c.lk32, b.Qb, &ldq);
     const uint16_t* Dr = b.Db;
-    if (c.has_dout)
+    if (c.normalize) {
+      T.tile_gemm(rows, c.ldv, c.lk32, Qr, ldq, b.SVv, 2 * c.ldv, b.O, c.ldv, false);
+      scale_inplace(b.O, n * c.ldv, c.scale);
+      pack_dout(c, u, t, n, b.dO);
+      normalize_dout(c, n, b);
+      f32_rows_bf16(b.dO, c.ldv, n, c.dve, nullptr, 1.f, c.lv32, b.Db);
+    } else if (c.has_dout) {
       Dr = chunk_rows(c.dout, u, u.hq, t, n, c.dv, c.lv32, b.Db, &ldo);
-    else
+    } else {
       load_doa_bf16(c, u, t, n, b, w);
-    T.tile_gemm(rows, c.ldk, c.lv32, Dr, ldo, b.XTv, 2 * c.lk32, dq, c.ldk, false);
+    }
+    if (c.normalize)  // fp32: dOa's two parts (dO / den and the den column) nearly cancel in dq;
+      // with bf16 dOa and S its error was 9e-3 instead of 2-3e-3
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.dO, c.ldv, 1, ST, c.ldk, dq, c.ldk, false);
+    else
+      T.tile_gemm(rows, c.ldk, c.lv32, Dr, ldo, b.XTv, 2 * c.lk32, dq, c.ldk, false);
     scale_inplace(dq, n * c.ldk, c.scale);
     store_rows_any(c, u, t, n, dq, c.ldk, c.dk, c.dq, u.hq, nullptr);
     // dH += Q^T dO (ed: 1 for the chunk's tokens, 0 past them); the scale is
@@ -749,7 +764,8 @@ void bf16_backward_reverse_lockstep(const Ctx&, const Unit*, int64_t, int, const
                                     float* const*, const bool*, const float*, BwdWork&, float*, uint16_t*) {}
 void bf16_reverse_local(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, float*, const BwdWork&) {}
 void bf16_noncausal_output(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*) {}
-void bf16_noncausal_dq(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*, float*, BwdWork&) {}
+void bf16_noncausal_dq(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*, const float*, float*,
+                       BwdWork&) {}
 void bf16_noncausal_dkdv(const Ctx&, const Unit&, int64_t, int64_t, Bufs&, const float*, BwdWork&) {}
 
 #endif

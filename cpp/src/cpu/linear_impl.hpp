@@ -797,11 +797,11 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
 // Non-causal outputs o = scale q S for chunks [c0, c1) of unit u from its whole
 // state S ([ldk][ldv] fp32; b.S and b.SVv are overwritten).
 void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S);
-// The non-causal backward without normalize: dq for chunks [c0, c1) of unit u
-// and their part dH = sum scale q^T dO of dS (from 0); then, from the whole dS,
-// dk and dv (GQA: into the partial buffers).
+// The non-causal backward: dq for chunks [c0, c1) of unit u (ST: S^T in fp32, the
+// normalize case's dq operand) and their part dH = sum scale q^T dOa of dS (from
+// 0); then, from the whole dS, dk and dv (GQA: into the partial buffers).
 void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S,
-                       float* dH, BwdWork& w);
+                       const float* ST, float* dH, BwdWork& w);
 void bf16_noncausal_dkdv(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* dS,
                          BwdWork& w);
 
