@@ -697,7 +697,6 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
   });
   // dq = scale dOa S^T; per segment partial dS = scale sum q^T dOa
   // (bf16: on AMX tiles, bf16 operands and fp32 sums).
-  const bool amx = c.amx;
   FloatBuffer parts(static_cast<int64_t>(pl.segs.size()) * sz);
   TokenSum acc(c, threads);
   for_segments(pl, threads, false, [&](int64_t si) {
@@ -708,7 +707,7 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     const float* ST = statesT.get() + sg.u * sz;
     float* L = parts.get() + si * sz;
     std::fill(L, L + sz, 0.f);
-    if (amx) {
+    if (c.amx) {
       c.K->bf16->begin();
       bf16_noncausal_dq(c, u, sg.c0, sg.c1, b, S, ST, L, w);
       c.K->bf16->end();
@@ -758,7 +757,7 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     const Unit& u = units[sg.u];
     Bufs& b = scratch.mine();
     const float* X = dS.get() + sg.u * sz;
-    if (amx) {
+    if (c.amx) {
       c.K->bf16->begin();
       bf16_noncausal_dkdv(c, u, sg.c0, sg.c1, b, X, w);
       c.K->bf16->end();

@@ -659,11 +659,21 @@ void bf16_reverse_local(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Buf
   }
 }
 
-void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S) {
-  // S ([ldk][ldv] fp32) once per segment as the VNNI B operand, rows padded to lk32.
+namespace {
+
+// A [ldk][ldv] state (or dS) copied into b.S with its rows padded to lk32, as the
+// VNNI converters read them; returns b.S.
+const float* padded_state(const Ctx& c, const float* S, Bufs& b) {
   std::copy(S, S + c.ldk * c.ldv, b.S);
   pad_state_rows(c, b.S);
-  rows_vnni(c, b.S, b.SVv);
+  return b.S;
+}
+
+}  // namespace
+
+void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S) {
+  // S ([ldk][ldv] fp32) once per segment as the VNNI B operand.
+  rows_vnni(c, padded_state(c, S, b), b.SVv);
   const Bf16Kernels& T = *c.K->bf16;
   for (int64_t ch = c0; ch < c1; ++ch) {
     const int64_t t = ch * kC, n = std::min(kC, u.T - t);
@@ -683,12 +693,11 @@ void bf16_noncausal_output(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, 
 void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* S,
                        const float* ST, float* dH, BwdWork& w) {
   const Bf16Kernels& T = *c.K->bf16;
-  std::copy(S, S + c.ldk * c.ldv, b.S);
-  pad_state_rows(c, b.S);
+  const float* Sp = padded_state(c, S, b);
   if (c.normalize)
-    rows_vnni(c, b.S, b.SVv);  // for the raw output q S
+    rows_vnni(c, Sp, b.SVv);  // for the raw output q S
   else
-    transposed_vnni(c, b.S, b, b.XTv);
+    transposed_vnni(c, Sp, b, b.XTv);
   Decays dec;
   dec.init(c, u);
   float* dq = b.T1;  // [kC][ldk]
@@ -734,10 +743,9 @@ void bf16_noncausal_dq(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs
 void bf16_noncausal_dkdv(const Ctx& c, const Unit& u, int64_t c0, int64_t c1, Bufs& b, const float* dS,
                          BwdWork& w) {
   const Bf16Kernels& T = *c.K->bf16;
-  std::copy(dS, dS + c.ldk * c.ldv, b.S);
-  pad_state_rows(c, b.S);
-  rows_vnni(c, b.S, b.Xv);
-  transposed_vnni(c, b.S, b, b.XTv);
+  const float* X = padded_state(c, dS, b);
+  rows_vnni(c, X, b.Xv);
+  transposed_vnni(c, X, b, b.XTv);
   float* dv = b.Vd;  // [kC][ldv]
   float* dk = b.T1;  // [kC][ldk]
   for (int64_t ch = c0; ch < c1; ++ch) {
