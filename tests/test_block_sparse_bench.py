@@ -44,6 +44,8 @@ def test_bench_smoke(tmp_path):
     for x in sparse:
         assert x["time_ms"] > 0 and x["speedup_vs_dense"] > 0 and x["bound"] > 1
         assert x["fraction_of_bound"] == pytest.approx(x["speedup_vs_dense"] / x["bound"])
+        assert x["fraction_of_bound_min"] > 0
+    assert "mins " in r.stdout
 
 
 # torch.compile's own internals warn that torch.jit.script_method is deprecated.

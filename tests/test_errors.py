@@ -128,6 +128,55 @@ def test_merge_arguments(rng):
         attnkit.merge_attentions([o], [l.astype(np.float16)])
 
 
+def test_every_family_names_a_non_float_operand_in_its_own_spelling(rng):
+    # The core knows only its own dtypes (float64 would reach it as "unsupported"):
+    # the Python layer names the operand, the function and the framework's dtype.
+    q = randn(rng, (1, 8, 8, 2, 16), "float32")
+    f64 = q.astype(np.float64)
+    s = q.reshape(1, 64, 2, 16)
+    s64 = s.astype(np.float64)
+    bm = attnkit.BlockMask.from_dense(np.ones((1, 1, 1, 1), bool), q_block=64, kv_block=64)
+    cases = [
+        ("attention: k", lambda: attnkit.attention(s, s64, s)),
+        ("attention: v", lambda: attnkit.attention(s, s, s64)),
+        ("neighborhood_attention: v", lambda: attnkit.neighborhood_attention(q, q, f64, 3)),
+        ("neighborhood_attention: additional_keys",
+         lambda: attnkit.neighborhood_attention(q, q, q, 3, additional_keys=s64, additional_values=s)),
+        ("block_sparse_attention: k", lambda: attnkit.block_sparse_attention(s, s64, s, bm)),
+        ("linear_attention: v", lambda: attnkit.linear_attention(s, s, s64)),
+        ("attention_backward: dout", lambda: attnkit.attention_backward(s64, s, s, s, s, s[..., 0])),
+        ("merge_attentions: outs\\[1\\]", lambda: attnkit.merge_attentions([s, s64], [s[..., 0]] * 2)),
+    ]
+    for prefix, call in cases:
+        with pytest.raises(TypeError, match=prefix + " must be float32, float16 or bfloat16, got float64"):
+            call()
+    cu = np.array([0, 64], np.int64)
+    with pytest.raises(TypeError, match="attention: cu_seqlens_q must be int32, got int64"):
+        attnkit.attention(s[0], s[0], s[0], cu_seqlens_q=cu, cu_seqlens_k=cu.astype(np.int32))
+
+
+def test_the_library_prints_nothing(rng, capfd):
+    # DESIGN §5: never a print, neither on success nor on error (checked at the file
+    # descriptors, so output of the C++ core would show too).
+    s = randn(rng, (1, 70, 2, 24), "bfloat16")
+    g = randn(rng, (1, 6, 7, 2, 24), "bfloat16")
+    bm = attnkit.BlockMask.from_dense(np.ones((1, 1, 2, 2), bool), q_block=64, kv_block=64)
+    o, lse = attnkit.attention(s, s, s, is_causal=True, return_lse=True)
+    attnkit.attention_backward(s, s, s, s, o, lse, is_causal=True)
+    o, lse = attnkit.neighborhood_attention(g, g, g, 3, return_lse=True)
+    attnkit.neighborhood_attention_backward(g, g, g, g, o, lse, 3)
+    o, lse = attnkit.block_sparse_attention(s, s, s, bm, return_lse=True)
+    attnkit.block_sparse_attention_backward(s, s, s, s, o, lse, bm)
+    attnkit.linear_attention(s, s, s)
+    attnkit.linear_attention_backward(s, s, s, s)
+    for bad in (lambda: attnkit.attention(s, s[..., :8], s), lambda: attnkit.neighborhood_attention(g, g, g, 9),
+                lambda: attnkit.block_sparse_attention(s[:, :3], s, s, bm), lambda: attnkit.linear_attention(s, s, s[:, :2])):
+        with pytest.raises(ValueError):
+            bad()
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
 def test_isa_names():
     with pytest.raises(ValueError, match="unknown CPU ISA 'sse9'"):
         attnkit.set_cpu_isa("sse9")

@@ -83,6 +83,29 @@ def test_concurrent_calls_from_threads(rng):
         np.testing.assert_array_equal(a, b)
 
 
+def test_concurrent_calls_of_every_family(rng):
+    # Shared state under concurrent calls: the workspace cache, GNA's geometry cache
+    # (six grids for its four entries, so entries are evicted while in use) and the
+    # per-thread AMX tile state. Every result must equal the serial one bitwise.
+    import concurrent.futures as cf
+
+    bm = attnkit.BlockMask.from_dense(np.random.default_rng(1).random((1, 1, 3, 3)) < 0.6,
+                                      q_block=32, kv_block=32)
+    calls = []
+    for i, dt in enumerate(["float32", "bfloat16"] * 3):
+        g = randn(rng, (1, 5 + i, 7 + i, 2, 16), dt)
+        s = randn(rng, (1, 90, 2, 16), dt)
+        calls += [lambda g=g: attnkit.neighborhood_attention(g, g, g, (3, 5), return_lse=True),
+                  lambda s=s: attnkit.block_sparse_attention(s, s, s, bm, return_lse=True),
+                  lambda s=s: attnkit.linear_attention(s, s, s, return_final_state=True)]
+    want = [c() for c in calls]
+    with cf.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda c: c(), calls + calls))
+    for a, b in zip(got, want + want):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
 @pytest.fixture
 def default_pool():
     """The host pool with its default settings (the suite runs it poisoned, for

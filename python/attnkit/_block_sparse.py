@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _core, _fmha
-from ._tensors import check_float, framework_of, nan_float
+from ._tensors import check_float, check_floats, framework_of, nan_float
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -441,7 +441,8 @@ def block_sparse_attention(
     """
     fn = "block_sparse_attention"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, k=k, v=v)
     bm = as_block_mask(block_mask, fn)
     qs, ks, vs = fw.shape(q), framework_of(k, "k").shape(k), framework_of(v, "v").shape(v)
     if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
@@ -479,7 +480,8 @@ def block_sparse_attention_backward(
     Deterministic on the CPU."""
     fn = "block_sparse_attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, dout=dout, k=k, v=v, out=out)
     bm = as_block_mask(block_mask, fn)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     qs, ks = fw.shape(q), kfw.shape(k)
@@ -489,8 +491,8 @@ def block_sparse_attention_backward(
     bm._check_against(fn, qs[1], ks[1])
     cnt, idx = bm._host_arrays()
     dq = fw.empty(q, qs, dtype)
-    dk = kfw.empty(k, ks, check_float(kfw, k, "k"))
-    dv = vfw.empty(v, vfw.shape(v), check_float(vfw, v, "v"))
+    dk = kfw.empty(k, ks, kfw.dtype_name(k))
+    dv = vfw.empty(v, vfw.shape(v), vfw.dtype_name(v))
     to = lambda x, n: framework_of(x, n).to_core(x)  # noqa: E731
     _core.block_sparse_bwd(
         to(dout, "dout"), fw.to_core(q), kfw.to_core(k), vfw.to_core(v), to(out, "out"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._tensors import as_cu_seqlens, check_float, framework_of, nan_float
+from ._tensors import as_cu_seqlens, check_float, check_floats, framework_of, nan_float
 
 _threads = 0
 
@@ -65,10 +65,11 @@ def attention(
     natural log; rows that see no key give out 0 and lse -inf).
     """
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", "attention")
+    check_floats("attention", k=k, v=v)
     wl, wr = _window(window_size)
-    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q")
-    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k")
+    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q", "attention")
+    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k", "attention")
     qs, vs = fw.shape(q), framework_of(v, "v").shape(v)
     if len(qs) < 2 or len(vs) < 1:
         raise ValueError(
@@ -120,15 +121,17 @@ def attention_backward(
     forward's ``out`` and ``lse`` (``return_lse=True``). ``dlse`` (optional, the
     shape and strides of ``lse``) is the gradient reaching ``lse`` when it was
     used downstream, e.g. by :func:`merge_attentions`. Deterministic on the CPU."""
+    fn = "attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, dout=dout, k=k, v=v, out=out)
     wl, wr = _window(window_size)
-    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q")
-    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k")
+    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q", fn)
+    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k", fn)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     dq = fw.empty(q, fw.shape(q), dtype)
-    dk = kfw.empty(k, kfw.shape(k), check_float(kfw, k, "k"))
-    dv = vfw.empty(v, vfw.shape(v), check_float(vfw, v, "v"))
+    dk = kfw.empty(k, kfw.shape(k), kfw.dtype_name(k))
+    dv = vfw.empty(v, vfw.shape(v), vfw.dtype_name(v))
     to = lambda x, n: framework_of(x, n).to_core(x)  # noqa: E731
     _core.attention_bwd(
         to(dout, "dout"),
@@ -164,7 +167,8 @@ def merge_attentions(outs: Sequence[Any], lses: Sequence[Any]) -> Tuple[Any, Any
             f"and {len(lses)} lses"
         )
     fw = framework_of(outs[0], "outs[0]")
-    dtype = check_float(fw, outs[0], "outs[0]")
+    dtype = check_float(fw, outs[0], "outs[0]", "merge_attentions")
+    check_floats("merge_attentions", **{f"outs[{i}]": o for i, o in enumerate(outs)})
     if fw.name == "torch" and fw.device_str(outs[0]) != "cpu":
         from .torch import _merge_torch
 

@@ -11,7 +11,7 @@ import numbers
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from . import _core, _fmha
-from ._tensors import check_float, framework_of, nan_float
+from ._tensors import check_float, check_floats, framework_of, nan_float
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
@@ -92,7 +92,8 @@ def neighborhood_attention(
     """
     fn = "neighborhood_attention"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, k=k, v=v, additional_keys=additional_keys, additional_values=additional_values)
     ks, st, dl, ca = _args(fn, kernel_size, stride, dilation, is_causal)
     ak, av = _extra(fn, additional_keys, additional_values)
     qs, vs = fw.shape(q), framework_of(v, "v").shape(v)
@@ -148,21 +149,22 @@ def neighborhood_attention_backward(
     ``lse``) is the gradient reaching ``lse``. Deterministic on the CPU."""
     fn = "neighborhood_attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, dout=dout, k=k, v=v, out=out, additional_keys=additional_keys,
+                 additional_values=additional_values)
     ks, st, dl, ca = _args(fn, kernel_size, stride, dilation, is_causal)
     ak, av = _extra(fn, additional_keys, additional_values)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     dq = fw.empty(q, fw.shape(q), dtype)
-    dk = kfw.empty(k, kfw.shape(k), check_float(kfw, k, "k"))
-    dv = vfw.empty(v, vfw.shape(v), check_float(vfw, v, "v"))
+    dk = kfw.empty(k, kfw.shape(k), kfw.dtype_name(k))
+    dv = vfw.empty(v, vfw.shape(v), vfw.dtype_name(v))
     dak = dav = None
     if ak is not None:
         akfw = framework_of(additional_keys, "additional_keys")
         avfw = framework_of(additional_values, "additional_values")
-        dak = akfw.empty(additional_keys, akfw.shape(additional_keys),
-                         check_float(akfw, additional_keys, "additional_keys"))
+        dak = akfw.empty(additional_keys, akfw.shape(additional_keys), akfw.dtype_name(additional_keys))
         dav = avfw.empty(additional_values, avfw.shape(additional_values),
-                         check_float(avfw, additional_values, "additional_values"))
+                         avfw.dtype_name(additional_values))
     to = lambda x, n: framework_of(x, n).to_core(x)  # noqa: E731
     _core.na_bwd(
         to(dout, "dout"),

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 
 from . import _core
 from . import _fmha
-from ._tensors import as_cu_seqlens, check_float, framework_of, nan_float
+from ._tensors import as_cu_seqlens, check_float, check_floats, framework_of, nan_float
 
 
 def _shapes(fn: str, q: Any, v: Any, cu: Any):
@@ -73,9 +73,10 @@ def linear_attention(
     ``return_final_state=True`` (float32 ``[N, Hq, Dk, Dv]``).
     """
     fn = "linear_attention"
-    cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens")
+    cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens", fn)
     fw, qs, vs = _shapes(fn, q, v, cu)
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, k=k, v=v)
     out = fw.empty(q, (*qs[:-1], vs[-1]), dtype)
     fs = None
     if return_final_state:
@@ -142,17 +143,18 @@ def linear_attention_backward(
     final state; None = 0). ``dg`` (g's shape and dtype) is None when g is None;
     ``d_initial_state`` is None when initial_state is None. Deterministic."""
     fn = "linear_attention_backward"
-    cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens")
+    cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens", fn)
     fw, qs, vs = _shapes(fn, q, v, cu)
-    dtype = check_float(fw, q, "q")
+    dtype = check_float(fw, q, "q", fn)
+    check_floats(fn, dout=dout, k=k, v=v)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     dq = fw.empty(q, qs, dtype)
-    dk = kfw.empty(k, kfw.shape(k), check_float(kfw, k, "k"))
-    dv = vfw.empty(v, vs, check_float(vfw, v, "v"))
+    dk = kfw.empty(k, kfw.shape(k), kfw.dtype_name(k))
+    dv = vfw.empty(v, vs, vfw.dtype_name(v))
     dg = None
     if g is not None:
         gfw = framework_of(g, "g")
-        dg = gfw.empty(g, gfw.shape(g), check_float(gfw, g, "g"))
+        dg = gfw.empty(g, gfw.shape(g), check_float(gfw, g, "g", fn))
     dinit = None
     if initial_state is not None:
         sfw = framework_of(initial_state, "initial_state")

@@ -291,15 +291,26 @@ class _GenericDlpack(NumpyFramework):
         return NumpyFramework().empty(like, shape, dtype)
 
 
-def check_float(fw: Framework, x: Any, name: str) -> str:
+def check_float(fw: Framework, x: Any, name: str, fn: str = "") -> str:
     """dtype name of x; TypeError unless float32/float16/bfloat16."""
     dt = fw.dtype_name(x)
     if dt not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {dt}")
+        where = f"{fn}: " if fn else ""
+        raise TypeError(f"{where}{name} must be float32, float16 or bfloat16, got {dt}")
     return dt
 
 
-def as_cu_seqlens(x: Optional[Any], fw: Framework, name: str) -> Optional[Any]:
+def check_floats(fn: str, **tensors: Any) -> None:
+    """TypeError naming the first tensor that is not float32/float16/bfloat16,
+    in its framework's spelling (the core only knows its own dtypes: float64
+    would reach it as "unsupported"). None entries are skipped; whether the
+    dtypes match is the core's check."""
+    for name, x in tensors.items():
+        if x is not None:
+            check_float(framework_of(x, name), x, name, fn)
+
+
+def as_cu_seqlens(x: Optional[Any], fw: Framework, name: str, fn: str = "") -> Optional[Any]:
     """cu_seqlens may be given as a tensor of the inputs' framework or as a
     Python sequence (converted to int32 NumPy for CPU inputs)."""
     if x is None:
@@ -308,7 +319,8 @@ def as_cu_seqlens(x: Optional[Any], fw: Framework, name: str) -> Optional[Any]:
         return np.asarray(x, dtype=np.int32)
     xfw = framework_of(x, name)
     if xfw.dtype_name(x) != "int32":
-        raise TypeError(f"{name} must be int32, got {xfw.dtype_name(x)}")
+        where = f"{fn}: " if fn else ""
+        raise TypeError(f"{where}{name} must be int32, got {xfw.dtype_name(x)}")
     return xfw.to_core(x)
 
 

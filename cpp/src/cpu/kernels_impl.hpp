@@ -10,6 +10,9 @@ typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 // Unaligned, alias-safe view for loads/stores of panel rows.
 typedef float vfu __attribute__((vector_size(64), aligned(4), may_alias));
+// 64 bytes at any address: row copies of bf16/fp16 data (rows of an odd head dim
+// such as 33 are only 2-byte aligned) must not claim float alignment.
+typedef char vbu __attribute__((vector_size(64), aligned(1), may_alias));
 
 namespace {
 
@@ -239,6 +242,8 @@ void scale_lanes(float* X, int64_t rows, const float* alpha, int v0, int v1) {
 // ---------------------------------------------------------------- data movement
 typedef uint32_t vu __attribute__((vector_size(64)));
 typedef uint32_t vuu __attribute__((vector_size(64), aligned(4), may_alias));
+// 32-bit units (bf16/fp16 pairs) of an input row: 2-byte aligned for odd head dims.
+typedef uint32_t vuu2 __attribute__((vector_size(64), aligned(2), may_alias));
 typedef uint16_t vh __attribute__((vector_size(64)));
 typedef uint16_t vhu __attribute__((vector_size(64), aligned(2), may_alias));
 
@@ -298,7 +303,7 @@ void gather_transpose32(const void* const* src, int64_t rows, int64_t src_bytes,
       for (int i = 0; i < 16; ++i) {
         const char* row = static_cast<const char*>(src[r0 + i]);
         if (row && valid >= 64) {
-          v[i] = *reinterpret_cast<const vuu*>(row + off);
+          v[i] = *reinterpret_cast<const vuu2*>(row + off);
         } else {
           v[i] = vu{};
           if (row && valid > 0) std::memcpy(&v[i], row + off, static_cast<size_t>(valid));
@@ -391,7 +396,7 @@ void gather_rows(const void* const* src, int64_t n, int64_t bytes, void* dst_, i
       continue;
     }
     int64_t o = 0;
-    for (; o + 64 <= bytes; o += 64) storeu(reinterpret_cast<float*>(d + o), loadu(reinterpret_cast<const float*>(s + o)));
+    for (; o + 64 <= bytes; o += 64) *reinterpret_cast<vbu*>(d + o) = *reinterpret_cast<const vbu*>(s + o);
     if (o < bytes) std::memcpy(d + o, s + o, bytes - o);
     if (dst_bytes > bytes) std::memset(d + bytes, 0, dst_bytes - bytes);
   }
