@@ -257,6 +257,10 @@ void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& p
     const int64_t t0 = sg.c0 * kC, t1 = std::min(u.T, sg.c1 * kC);
     int64_t m = 0;
     for (int64_t t = t0; t < t1; ++t) {
+      if ((t - t0) % kC == 0 && t + kC < t1) {  // the next chunk's rows (strided: see prefetch_chunk)
+        prefetch_rows(c.k, u, u.hkv, t + kC, std::min(kC, t1 - t - kC), c.dk);
+        prefetch_rows(c.v, u, u.hkv, t + kC, std::min(kC, t1 - t - kC), c.dv);
+      }
       float* kr = acc.a(m);
       float* vr = acc.b(m);
       load_row(c.k.row(u.b, u.t0 + t, u.hkv), c.k.dt, c.dk, kr);
@@ -717,6 +721,12 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
     b.eB = 1.f;
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
+      if (ch + 1 < sg.c1) {
+        const int64_t nn = std::min(kC, u.T - t - kC);
+        prefetch_rows(c.q, u, u.hq, t + kC, nn, c.dk);
+        if (c.has_dout) prefetch_rows(c.dout, u, u.hq, t + kC, nn, c.dv);
+        prefetch_rows(c.dq, u, u.hq, t + kC, nn, c.dk, true);
+      }
       pack_rows(c.q, u, u.hq, t, n, c.dk, c.ldk, b.Q);
       pack_dout(c, u, t, n, b.dO);
       if (c.normalize) {
@@ -763,15 +773,31 @@ void noncausal_backward(const Ctx& c, const std::vector<Unit>& units, const Plan
       c.K->bf16->end();
       return;
     }
+    // Token rows on the left, so that nothing is transposed per chunk: dv = K dS
+    // (dS [ldk][ldv] as it is) and dk = Va dS^T (Va = V with the normaliser's
+    // column of ones), dS^T once per segment. The transposed form (dv^T = dS^T
+    // K^T) needed K^T and V^T per chunk and transposed stores, all scalar.
+    float* XT = b.ST;  // [ldv][ldk]
+    transpose(X, c.dk, c.dve, c.ldv, XT, c.ldk, c.ldv);
+    float* dv = b.Vd;  // [kC][ldv]
+    float* dk = b.T1;  // [kC][ldk]
     for (int64_t ch = sg.c0; ch < sg.c1; ++ch) {
       const int64_t t = ch * kC, n = std::min(kC, u.T - t);
-      pack_k(c, u, t, n, b, false, true);
-      pack_v(c, u, t, n, b, false, true);
-      float* XT = b.T1;
-      c.K->gemm(c.dve, kC / kLanes, c.dk, X, 1, c.ldv, b.KT, kC, XT, kC, false);
-      store_T(c, u, t, n, XT, c.dv, c.dv_, w.gqa ? w.pdv.get() : nullptr, c.ldv, b.row);
-      c.K->gemm(c.dk, kC / kLanes, c.dve, X, c.ldv, 1, b.VT, kC, XT, kC, false);
-      store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+      if (ch + 1 < sg.c1) {
+        const int64_t nn = std::min(kC, u.T - t - kC);
+        prefetch_rows(c.k, u, u.hkv, t + kC, nn, c.dk);
+        prefetch_rows(c.v, u, u.hkv, t + kC, nn, c.dv);
+        if (!w.gqa) {
+          prefetch_rows(c.dk_, u, u.hkv, t + kC, nn, c.dk, true);
+          prefetch_rows(c.dv_, u, u.hkv, t + kC, nn, c.dv, true);
+        }
+      }
+      pack_k(c, u, t, n, b, true, false);
+      pack_v(c, u, t, n, b, true, false);
+      c.K->gemm(n, c.ldv / kLanes, c.dk, b.K, c.ldk, 1, X, c.ldv, dv, c.ldv, false);
+      store_rows(c, u, t, n, dv, c.ldv, c.dv, c.dv_, u.hkv, w.gqa ? w.pdv.get() : nullptr);
+      c.K->gemm(n, c.ldk / kLanes, c.dve, b.V, c.ldv, 1, XT, c.ldk, dk, c.ldk, false);
+      store_rows(c, u, t, n, dk, c.ldk, c.dk, c.dk_, u.hkv, w.gqa ? w.pdk.get() : nullptr);
     }
   });
 }

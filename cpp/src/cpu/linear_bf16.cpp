@@ -326,15 +326,12 @@ const uint16_t* v_rows(const Ctx& c, const Unit& u, int64_t t, int64_t n, Bufs& 
 
 void store_rows_any(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
                     int64_t dim, const Rows& dst, int64_t head, float* partial) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (partial) {
-      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
-    } else if (dst.dt == DType::BFloat16) {
-      cvt_scaled(X + i * ld, 1.f, dim, static_cast<uint16_t*>(dst.row(u.b, u.t0 + t + i, head)));
-    } else {
-      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, head));
-    }
+  if (partial || dst.dt != DType::BFloat16) {
+    store_rows(c, u, t, n, X, ld, dim, dst, head, partial);
+    return;
   }
+  for (int64_t i = 0; i < n; ++i)
+    cvt_scaled(X + i * ld, 1.f, dim, static_cast<uint16_t*>(dst.row(u.b, u.t0 + t + i, head)));
 }
 
 void store_out_bf16(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* O, float* row) {

@@ -585,6 +585,21 @@ inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
   }
 }
 
+// The same for one operand's rows [t, t + n) of head `head` (dim elements each), into
+// L2; `write` for rows about to be stored. A null operand is skipped.
+inline void prefetch_rows(const Rows& r, const Unit& u, int64_t head, int64_t t, int64_t n, int64_t dim,
+                          bool write = false) {
+  if (!r.data) return;
+  const int64_t bytes = dim * dtype_size(r.dt);
+  for (int64_t i = 0; i < n; ++i) {
+    const char* p = static_cast<const char*>(r.row(u.b, u.t0 + t + i, head));
+    for (int64_t o = 0; o < bytes; o += 64) {
+      if (write) __builtin_prefetch(p + o, 1, 2);
+      else __builtin_prefetch(p + o, 0, 2);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- backward shared
 struct BwdWork {
   // dg wanted, per token ([Hq][total]): the inter-chunk parts of q.dq and k.dk,
@@ -620,6 +635,18 @@ inline void finish_split_adjoint(const Ctx& c, const Unit& u, int64_t ui, float*
 
 // Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
 // into dst, or into the GQA partial buffer.
+// fp32 rows [n][ld] of tokens [t, t + n) into dst (its dtype) or, under GQA, into the
+// per query head partials [Hq][total][ld].
+inline void store_rows(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
+                       int64_t dim, const Rows& dst, int64_t head, float* partial) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (partial)
+      std::memcpy(partial + (u.hq * c.total + u.off + t + i) * ld, X + i * ld, sizeof(float) * dim);
+    else
+      store_row(X + i * ld, dim, dst.dt, dst.row(u.b, u.t0 + t + i, head));
+  }
+}
+
 inline void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
              const Rows& dst, float* partial, int64_t ldp, float* row) {
   for (int64_t i = 0; i < n; ++i) {
