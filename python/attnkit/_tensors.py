@@ -4,6 +4,7 @@ torch out, ...)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Any, Optional, Sequence, Tuple
@@ -100,7 +101,10 @@ def memory_stats() -> dict:
     return d
 
 
+@functools.lru_cache(maxsize=None)
 def _np_bfloat16():
+    # Cached: every NumPy operand asks (dtype_name, to_core), and the import plus
+    # np.dtype() cost a few microseconds a time.
     try:
         import ml_dtypes  # type: ignore
 
@@ -136,15 +140,20 @@ class Framework:
         return 0
 
 
+_NP_DTYPE_NAMES: dict = {}
+
+
 class NumpyFramework(Framework):
     name = "numpy"
 
     def dtype_name(self, x):
         dt = x.dtype
-        bf = _np_bfloat16()
-        if bf is not None and dt == bf:
-            return "bfloat16"
-        return str(dt)
+        name = _NP_DTYPE_NAMES.get(dt)
+        if name is None:  # str(dtype) takes ~5 us: once per dtype
+            bf = _np_bfloat16()
+            name = "bfloat16" if bf is not None and dt == bf else str(dt)
+            _NP_DTYPE_NAMES[dt] = name
+        return name
 
     def to_core(self, x):
         bf = _np_bfloat16()
