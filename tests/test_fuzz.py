@@ -213,7 +213,7 @@ def case_torch_autograd(d: Draw) -> None:
     fam = d.r.choice(["attention", "neighborhood", "block_sparse", "linear"])
     S, D = d.size(), d.r.choice([8, 13, 33, 64])
     if fam == "attention":
-        q, k, v = ten((1, S, 4, D)), ten((1, d.size(), 2, D)), ten((1, 0, 2, 8))
+        q, k = ten((1, S, 4, D)), ten((1, d.size(), 2, D))
         v = ten((1, k.shape[1], 2, d.r.choice([D, 8])))
         f = lambda: at.attention(q, k, v, is_causal=d.r.random() < 0.5,  # noqa: E731
                                  softcap=d.r.choice([None, 3.0]))
