@@ -568,7 +568,7 @@ void backward_reverse_chunk(const Ctx& c, Cursor& r, int64_t ch, int64_t c0, Buf
     c.K->gemm(c.dk, r0 / kLanes + 1, rows, b.Q + r0 * c.ldk, 1, c.ldk, b.Bm + r0 * kC, kC, XT,
               kC, true);
   }
-  store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.row);
+  store_T(c, u, t, n, XT, c.dk, c.dk_, w.gqa ? w.pdk.get() : nullptr, c.ldk, b.K);  // b.K: free here
   adjoint_update(c, n, b, dH, zero);
   zero = false;
   E *= b.eB;

@@ -668,13 +668,13 @@ inline void store_rows(const Ctx& c, const Unit& u, int64_t t, int64_t n, const 
   }
 }
 
+// Rows of X^T ([dim][kC], tokens [t, t + n) of kv head u.hkv) stored as rows, through
+// tmp ([kC][ld] floats) and the vector transpose kernel: 0-6% faster for the fp32
+// causal backward than the element loop it replaces (in-process A/B).
 inline void store_T(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* XT, int64_t dim,
-             const Rows& dst, float* partial, int64_t ldp, float* row) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* r = partial ? partial + (u.hq * c.total + u.off + t + i) * ldp : row;
-    for (int64_t d = 0; d < dim; ++d) r[d] = XT[d * kC + i];
-    if (!partial) store_row(r, dim, dst.dt, dst.row(u.b, u.t0 + t + i, u.hkv));
-  }
+                    const Rows& dst, float* partial, int64_t ld, float* tmp) {
+  c.K->transpose32(XT, kC, dim, rup(n, kLanes), tmp, ld);
+  store_rows(c, u, t, n, tmp, ld, dim, dst, u.hkv, partial);
 }
 
 // dOa for normalize: o = num/den -> d num = dO/den, d den = -(dO . o)/den (0 where den == 0).
