@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _core, _fmha
-from ._tensors import check_float, check_floats, framework_of, nan_float
+from ._tensors import check_floats, framework_of, nan_float
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -441,8 +441,7 @@ def block_sparse_attention(
     """
     fn = "block_sparse_attention"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, k=k, v=v)
+    dtype = check_floats(fn, q=q, k=k, v=v)
     bm = as_block_mask(block_mask, fn)
     qs, ks, vs = fw.shape(q), framework_of(k, "k").shape(k), framework_of(v, "v").shape(v)
     if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
@@ -480,8 +479,7 @@ def block_sparse_attention_backward(
     Deterministic on the CPU."""
     fn = "block_sparse_attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, dout=dout, k=k, v=v, out=out)
+    dtype = check_floats(fn, q=q, dout=dout, k=k, v=v, out=out)
     bm = as_block_mask(block_mask, fn)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     qs, ks = fw.shape(q), kfw.shape(k)

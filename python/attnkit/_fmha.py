@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._tensors import as_cu_seqlens, check_float, check_floats, framework_of, nan_float
+from ._tensors import as_cu_seqlens, check_floats, framework_of, nan_float
 
 _threads = 0
 
@@ -64,12 +64,12 @@ def attention(
     Returns ``out`` or ``(out, lse)`` (lse float32 ``[batch, seqlen, heads]``,
     natural log; rows that see no key give out 0 and lse -inf).
     """
+    fn = "attention"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", "attention")
-    check_floats("attention", k=k, v=v)
+    dtype = check_floats(fn, q=q, k=k, v=v)
     wl, wr = _window(window_size)
-    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q", "attention")
-    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k", "attention")
+    cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q", fn)
+    ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k", fn)
     qs, vs = fw.shape(q), framework_of(v, "v").shape(v)
     if len(qs) < 2 or len(vs) < 1:
         raise ValueError(
@@ -123,8 +123,7 @@ def attention_backward(
     used downstream, e.g. by :func:`merge_attentions`. Deterministic on the CPU."""
     fn = "attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, dout=dout, k=k, v=v, out=out)
+    dtype = check_floats(fn, q=q, dout=dout, k=k, v=v, out=out)
     wl, wr = _window(window_size)
     cq = as_cu_seqlens(cu_seqlens_q, fw, "cu_seqlens_q", fn)
     ck = as_cu_seqlens(cu_seqlens_k, fw, "cu_seqlens_k", fn)
@@ -167,8 +166,7 @@ def merge_attentions(outs: Sequence[Any], lses: Sequence[Any]) -> Tuple[Any, Any
             f"and {len(lses)} lses"
         )
     fw = framework_of(outs[0], "outs[0]")
-    dtype = check_float(fw, outs[0], "outs[0]", "merge_attentions")
-    check_floats("merge_attentions", **{f"outs[{i}]": o for i, o in enumerate(outs)})
+    dtype = check_floats("merge_attentions", **{f"outs[{i}]": o for i, o in enumerate(outs)})
     if fw.name == "torch" and fw.device_str(outs[0]) != "cpu":
         from .torch import _merge_torch
 

@@ -11,7 +11,7 @@ import numbers
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from . import _core, _fmha
-from ._tensors import check_float, check_floats, framework_of, nan_float
+from ._tensors import check_floats, framework_of, nan_float
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
@@ -92,8 +92,8 @@ def neighborhood_attention(
     """
     fn = "neighborhood_attention"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, k=k, v=v, additional_keys=additional_keys, additional_values=additional_values)
+    dtype = check_floats(fn, q=q, k=k, v=v, additional_keys=additional_keys,
+                         additional_values=additional_values)
     ks, st, dl, ca = _args(fn, kernel_size, stride, dilation, is_causal)
     ak, av = _extra(fn, additional_keys, additional_values)
     qs, vs = fw.shape(q), framework_of(v, "v").shape(v)
@@ -149,9 +149,8 @@ def neighborhood_attention_backward(
     ``lse``) is the gradient reaching ``lse``. Deterministic on the CPU."""
     fn = "neighborhood_attention_backward"
     fw = framework_of(q, "q")
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, dout=dout, k=k, v=v, out=out, additional_keys=additional_keys,
-                 additional_values=additional_values)
+    dtype = check_floats(fn, q=q, dout=dout, k=k, v=v, out=out, additional_keys=additional_keys,
+                         additional_values=additional_values)
     ks, st, dl, ca = _args(fn, kernel_size, stride, dilation, is_causal)
     ak, av = _extra(fn, additional_keys, additional_values)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")

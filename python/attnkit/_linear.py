@@ -75,8 +75,7 @@ def linear_attention(
     fn = "linear_attention"
     cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens", fn)
     fw, qs, vs = _shapes(fn, q, v, cu)
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, k=k, v=v)
+    dtype = check_floats(fn, q=q, k=k, v=v)
     out = fw.empty(q, (*qs[:-1], vs[-1]), dtype)
     fs = None
     if return_final_state:
@@ -145,8 +144,7 @@ def linear_attention_backward(
     fn = "linear_attention_backward"
     cu = as_cu_seqlens(cu_seqlens, framework_of(q, "q"), "cu_seqlens", fn)
     fw, qs, vs = _shapes(fn, q, v, cu)
-    dtype = check_float(fw, q, "q", fn)
-    check_floats(fn, dout=dout, k=k, v=v)
+    dtype = check_floats(fn, q=q, dout=dout, k=k, v=v)
     kfw, vfw = framework_of(k, "k"), framework_of(v, "v")
     dq = fw.empty(q, qs, dtype)
     dk = kfw.empty(k, kfw.shape(k), kfw.dtype_name(k))

@@ -309,14 +309,13 @@ def check_float(fw: Framework, x: Any, name: str, fn: str = "") -> str:
     return dt
 
 
-def check_floats(fn: str, **tensors: Any) -> None:
-    """TypeError naming the first tensor that is not float32/float16/bfloat16,
-    in its framework's spelling (the core only knows its own dtypes: float64
-    would reach it as "unsupported"). None entries are skipped; whether the
-    dtypes match is the core's check."""
-    for name, x in tensors.items():
-        if x is not None:
-            check_float(framework_of(x, name), x, name, fn)
+def check_floats(fn: str, **tensors: Any) -> str:
+    """The dtype name of the first tensor; TypeError naming the first one that is
+    not float32/float16/bfloat16, in its framework's spelling (the core only knows
+    its own dtypes: float64 would reach it as "unsupported"). None entries after
+    the first are skipped; whether the dtypes match is the core's check."""
+    names = [check_float(framework_of(x, name), x, name, fn) for name, x in tensors.items() if x is not None]
+    return names[0]
 
 
 def as_cu_seqlens(x: Optional[Any], fw: Framework, name: str, fn: str = "") -> Optional[Any]:

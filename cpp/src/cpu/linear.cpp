@@ -257,7 +257,7 @@ void noncausal_state(const Ctx& c, const std::vector<Unit>& units, const Plan& p
     const int64_t t0 = sg.c0 * kC, t1 = std::min(u.T, sg.c1 * kC);
     int64_t m = 0;
     for (int64_t t = t0; t < t1; ++t) {
-      if ((t - t0) % kC == 0 && t + kC < t1) {  // the next chunk's rows (strided: see prefetch_chunk)
+      if ((t - t0) % kC == 0 && t + kC < t1) {  // the next chunk's rows (see prefetch_rows)
         prefetch_rows(c.k, u, u.hkv, t + kC, std::min(kC, t1 - t - kC), c.dk);
         prefetch_rows(c.v, u, u.hkv, t + kC, std::min(kC, t1 - t - kC), c.dv);
       }

@@ -583,31 +583,12 @@ inline void store_out(const Ctx& c, const Unit& u, int64_t t, int64_t n, const f
   }
 }
 
-// Software prefetch of the q, k, v (and output) rows of tokens [t, t + n) of u (the next
-// chunk, while this one computes): rows are short (a head's slice of a token)
-// and far apart, a pattern the hardware prefetchers cover poorly.
-inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
-  const int64_t bq = c.dk * dtype_size(c.q.dt), bv = c.dv * dtype_size(c.v.dt);
-  for (int64_t i = 0; i < n; ++i) {
-    const char* q = static_cast<const char*>(c.q.row(u.b, u.t0 + t + i, u.hq));
-    const char* k = static_cast<const char*>(c.k.row(u.b, u.t0 + t + i, u.hkv));
-    const char* v = static_cast<const char*>(c.v.row(u.b, u.t0 + t + i, u.hkv));
-    // into L2 (locality 2): an L1 prefetch a whole chunk ahead is evicted by
-    // the current chunk's operands before it is used (measured ~15% slower)
-    for (int64_t o = 0; o < bq; o += 64) {
-      __builtin_prefetch(q + o, 0, 2);
-      __builtin_prefetch(k + o, 0, 2);
-    }
-    for (int64_t o = 0; o < bv; o += 64) __builtin_prefetch(v + o, 0, 2);
-    if (c.out.data) {  // the output rows too, with write intent (their misses overlap compute)
-      const char* o = static_cast<const char*>(c.out.row(u.b, u.t0 + t + i, u.hq));
-      for (int64_t x = 0; x < c.dv * dtype_size(c.out.dt); x += 64) __builtin_prefetch(o + x, 1, 2);
-    }
-  }
-}
-
-// The same for one operand's rows [t, t + n) of head `head` (dim elements each), into
-// L2; `write` for rows about to be stored. A null operand is skipped.
+// Software prefetch of one operand's rows [t, t + n) of head `head` (dim elements
+// each): rows are short (a head's slice of a token) and far apart, a pattern the
+// hardware prefetchers cover poorly. Into L2 (locality 2): an L1 prefetch a whole
+// chunk ahead is evicted by the current chunk's operands before it is used
+// (measured ~15% slower). `write` for rows about to be stored. A null operand is
+// skipped.
 inline void prefetch_rows(const Rows& r, const Unit& u, int64_t head, int64_t t, int64_t n, int64_t dim,
                           bool write = false) {
   if (!r.data) return;
@@ -619,6 +600,15 @@ inline void prefetch_rows(const Rows& r, const Unit& u, int64_t head, int64_t t,
       else __builtin_prefetch(p + o, 0, 2);
     }
   }
+}
+
+// The q, k, v (and output, with write intent: its misses overlap compute) rows of
+// tokens [t, t + n) of u: the next chunk, while this one computes.
+inline void prefetch_chunk(const Ctx& c, const Unit& u, int64_t t, int64_t n) {
+  prefetch_rows(c.q, u, u.hq, t, n, c.dk);
+  prefetch_rows(c.k, u, u.hkv, t, n, c.dk);
+  prefetch_rows(c.v, u, u.hkv, t, n, c.dv);
+  prefetch_rows(c.out, u, u.hq, t, n, c.dv, true);
 }
 
 // ---------------------------------------------------------------- backward shared
@@ -654,8 +644,6 @@ inline void finish_split_adjoint(const Ctx& c, const Unit& u, int64_t ui, float*
   }
 }
 
-// Stores rows i < n of a transposed tile X^T [dim_pad][kC] (first `dim` rows)
-// into dst, or into the GQA partial buffer.
 // fp32 rows [n][ld] of tokens [t, t + n) into dst (its dtype) or, under GQA, into the
 // per query head partials [Hq][total][ld].
 inline void store_rows(const Ctx& c, const Unit& u, int64_t t, int64_t n, const float* X, int64_t ld,
